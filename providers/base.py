@@ -1,0 +1,185 @@
+"""The provider contract: one small base class per capability.
+
+A provider is built from its options (a pydantic model that forbids unknown
+fields) and the gateway's shared `httpx.AsyncClient`. It never reads the
+environment, never builds its own client and never writes files: it turns a
+request into upstream calls and the answer into plain Python values. Translation
+(building the upstream request, parsing its answer) is kept in pure functions so
+it can be unit-tested without a network; sending happens in one place per module.
+
+A class may implement several capabilities (the `local` provider is both a
+`TextProvider` and an `ImageProvider`). Capabilities are declared by subclassing.
+
+Example::
+
+    class EchoOptions(ProviderOptions):
+        prefix: str = ">"
+
+    @register("echo")
+    class Echo(TextProvider):
+        Options = EchoOptions
+
+        async def chat(self, messages, *, model=None, temperature=None, max_tokens=None):
+            return self.options.prefix + last_user_text(messages)
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import httpx
+from pydantic import BaseModel, ConfigDict
+
+
+class ProviderOptions(BaseModel):
+    """Options of a provider, from the config file. Unknown fields are an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def mime_from_magic(data: bytes) -> str | None:
+    """The image MIME type from the leading bytes, or None when unknown."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    return None
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """Image bytes with their real MIME type (taken from the bytes)."""
+
+    data: bytes
+    mime: str
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ImageData:
+        mime = mime_from_magic(data)
+        if mime is None:
+            raise ValueError("not a PNG, JPEG, WebP or GIF image")
+        return cls(data, mime)
+
+    def data_url(self) -> str:
+        return f"data:{self.mime};base64,{base64.b64encode(self.data).decode()}"
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """What an image model is asked for.
+
+    `aspect_ratio` is "W:H" (e.g. "3:4"); `size` an explicit "WxH" when the client
+    gave one. `references` are style/content references, most important first
+    (the flow puts the cover first). `model` overrides the provider's default.
+    """
+
+    prompt: str
+    references: tuple[ImageData, ...] = ()
+    aspect_ratio: str = "3:4"
+    size: str | None = None
+    n: int = 1
+    model: str | None = None
+    # Free-form hints for providers that can use them (e.g. page title and body
+    # for the offline card renderer). Upstream providers ignore them.
+    hints: dict[str, Any] = field(default_factory=dict)
+
+
+class Provider:
+    """Base of every provider: a name, validated options and the shared client."""
+
+    type: ClassVar[str] = ""
+    Options: ClassVar[type[ProviderOptions]] = ProviderOptions
+
+    def __init__(self, name: str, options: ProviderOptions, http: httpx.AsyncClient) -> None:
+        self.name = name
+        self.options = options
+        self.http = http
+
+
+class TextProvider(Provider):
+    """A chat model. Messages are in OpenAI form; images inside them are data URLs."""
+
+    async def chat(
+        self,
+        messages: list[dict],
+        *,
+        model: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> str:
+        """The whole answer text. Raises `GatewayError` subclasses on failure."""
+        raise NotImplementedError
+
+    async def stream_chat(
+        self,
+        messages: list[dict],
+        *,
+        model: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> AsyncIterator[str]:
+        """Text deltas as they arrive. The default yields the whole answer once."""
+        yield await self.chat(messages, model=model, temperature=temperature, max_tokens=max_tokens)
+
+
+class ImageProvider(Provider):
+    """An image model."""
+
+    async def generate(self, request: ImageRequest) -> list[ImageData]:
+        """`request.n` images (at least one), bytes with their real MIME type.
+
+        Raises `GatewayError` subclasses: `ContentPolicyViolation` for a safety
+        block (never retried), errors with `retryable=True` for transient trouble.
+        """
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class VideoStatus:
+    """The state of a video job: `status` is queued | running | succeeded | failed."""
+
+    status: str
+    progress: float | None = None
+    result_url: str | None = None
+    result: bytes | None = None
+    error: str | None = None
+
+
+class VideoProvider(Provider):
+    """A submit-then-poll video model."""
+
+    async def submit(self, prompt: str, *, first_frame: ImageData | None = None, **params: Any) -> str:
+        """Start a job; returns the upstream task id."""
+        raise NotImplementedError
+
+    async def poll(self, task_id: str) -> VideoStatus:
+        """The job's current status."""
+        raise NotImplementedError
+
+
+def last_user_text(messages: list[dict]) -> str:
+    """The text of the last user message (text parts joined)."""
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return message_text(message)
+    return ""
+
+
+def message_text(message: dict) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            str(part.get("text", ""))
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text"
+        )
+    return ""

@@ -1,0 +1,112 @@
+"""Stored images: bytes content-addressed on a blob store, one row per image id.
+
+The MIME type, size and dimensions come from the bytes (Pillow reads only the
+header; the pixels are never decoded here). The same bytes are stored once
+however many image ids point at them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+from PIL import Image as PILImage
+from PIL import UnidentifiedImageError
+
+from storage.blobs import LocalBlobStore
+from storage.db import Database
+from storage.tables import Image
+
+FORMATS = {
+    "PNG": ("image/png", "png"),
+    "JPEG": ("image/jpeg", "jpg"),
+    "WEBP": ("image/webp", "webp"),
+    "GIF": ("image/gif", "gif"),
+}
+EXT_ALIASES = {"jpeg": "jpg"}
+
+
+class NotAnImage(ValueError):
+    """The bytes are not an image format we store."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    sha256: str
+    mime: str
+    ext: str
+    width: int
+    height: int
+    size_bytes: int
+
+
+def inspect_image(data: bytes) -> ImageInfo:
+    """Format, dimensions and hash of image bytes. Blocking: call from a thread."""
+    try:
+        with PILImage.open(io.BytesIO(data)) as im:
+            fmt = im.format
+            width, height = im.size
+    except (UnidentifiedImageError, OSError) as exc:
+        raise NotAnImage("the data is not a readable image") from exc
+    if fmt not in FORMATS:
+        raise NotAnImage(f"unsupported image format {fmt}")
+    mime, ext = FORMATS[fmt]
+    return ImageInfo(hashlib.sha256(data).hexdigest(), mime, ext, width, height, len(data))
+
+
+def blob_key(sha256: str, ext: str) -> str:
+    return f"images/{sha256[:2]}/{sha256}.{ext}"
+
+
+def new_image_id() -> str:
+    return "img_" + secrets.token_urlsafe(16)
+
+
+class ImageStore:
+    """Stores image bytes and their rows; finds them again by id."""
+
+    def __init__(self, db: Database, blobs: LocalBlobStore) -> None:
+        self.db = db
+        self.blobs = blobs
+
+    def _write(self, data: bytes) -> ImageInfo:
+        info = inspect_image(data)
+        key = blob_key(info.sha256, info.ext)
+        if not self.blobs.exists(key):
+            self.blobs.put(key, data)
+        return info
+
+    async def put(
+        self, data: bytes, *, owner_key_id: str | None = None, post_id: str | None = None
+    ) -> Image:
+        """Store bytes (once per content) and record a new image id for them."""
+        info = await anyio.to_thread.run_sync(self._write, data)
+        row = Image(
+            id=new_image_id(),
+            sha256=info.sha256,
+            mime=info.mime,
+            ext=info.ext,
+            width=info.width,
+            height=info.height,
+            size_bytes=info.size_bytes,
+            owner_key_id=owner_key_id,
+            post_id=post_id,
+        )
+        async with self.db.session() as session:
+            session.add(row)
+            await session.commit()
+        return row
+
+    async def get(self, image_id: str) -> Image | None:
+        async with self.db.session() as session:
+            return await session.get(Image, image_id)
+
+    def path(self, image: Image) -> Path:
+        return self.blobs.path(blob_key(image.sha256, image.ext))
+
+    async def read(self, image: Image) -> bytes:
+        return await anyio.to_thread.run_sync(self.blobs.get, blob_key(image.sha256, image.ext))

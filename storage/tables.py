@@ -1,0 +1,87 @@
+"""SQLModel tables. Schema changes go through Alembic (storage/migrations)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import Column, DateTime, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts(nullable: bool = False, index: bool = False) -> Column:
+    return Column(DateTime(timezone=True), nullable=nullable, index=index)
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key. Only the sha256 of the key is stored; `prefix` is shown to people."""
+
+    __tablename__ = "api_keys"
+
+    id: str = Field(primary_key=True, max_length=32)
+    name: str = Field(max_length=200)
+    prefix: str = Field(index=True, max_length=32)
+    key_hash: str = Field(max_length=64, unique=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    last_used_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    revoked_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+
+
+class Post(SQLModel, table=True):
+    """A Xiaohongshu post: a topic, an outline and its pages.
+
+    `status`: draft | generating | partial | completed | failed. `owner_key_id` is
+    the key that made it (None for the master key).
+    """
+
+    __tablename__ = "posts"
+
+    id: str = Field(primary_key=True, max_length=64)
+    owner_key_id: str | None = Field(default=None, index=True, max_length=32)
+    model: str = Field(max_length=200)
+    topic: str = Field(sa_column=Column(Text, nullable=False))
+    status: str = Field(default="draft", max_length=16, index=True)
+    aspect_ratio: str = Field(default="3:4", max_length=16)
+    page_count: int | None = None
+    outline: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(index=True))
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+class Page(SQLModel, table=True):
+    """One page of a post. `status`: pending | generating | done | failed."""
+
+    __tablename__ = "pages"
+    __table_args__ = (UniqueConstraint("post_id", "page_index", name="uq_pages_post_index"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    post_id: str = Field(foreign_key="posts.id", index=True, max_length=64)
+    page_index: int
+    type: str = Field(default="content", max_length=16)
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    status: str = Field(default="pending", max_length=16)
+    image_id: str | None = Field(default=None, max_length=64)
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    attempts: int = 0
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+class Image(SQLModel, table=True):
+    """A stored image. `id` is random (128 bits); the bytes are stored by `sha256`."""
+
+    __tablename__ = "images"
+
+    id: str = Field(primary_key=True, max_length=64)
+    sha256: str = Field(index=True, max_length=64)
+    mime: str = Field(max_length=64)
+    ext: str = Field(max_length=8)
+    width: int
+    height: int
+    size_bytes: int
+    owner_key_id: str | None = Field(default=None, index=True, max_length=32)
+    post_id: str | None = Field(default=None, index=True, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(index=True))
