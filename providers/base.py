@@ -155,7 +155,9 @@ class VideoStatus:
 class VideoProvider(Provider):
     """A submit-then-poll video model."""
 
-    async def submit(self, prompt: str, *, first_frame: ImageData | None = None, **params: Any) -> str:
+    async def submit(
+        self, prompt: str, *, first_frame: ImageData | None = None, **params: Any
+    ) -> str:
         """Start a job; returns the upstream task id."""
         raise NotImplementedError
 

@@ -42,7 +42,9 @@ class ProviderConfigError(ValueError):
     """A provider entry in the config cannot be built."""
 
 
-def build_provider(name: str, type_name: str, options: dict[str, Any], http: httpx.AsyncClient) -> Provider:
+def build_provider(
+    name: str, type_name: str, options: dict[str, Any], http: httpx.AsyncClient
+) -> Provider:
     """Build provider `name` of `type_name` from its raw options."""
     types = provider_types()
     cls = types.get(type_name)
@@ -53,7 +55,8 @@ def build_provider(name: str, type_name: str, options: dict[str, Any], http: htt
         opts = cls.Options.model_validate(options or {})
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(options)'}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc']) or '(options)'}: {err['msg']}"
+            for err in exc.errors()
         )
         raise ProviderConfigError(f"provider {name!r} ({type_name}): {problems}") from exc
     return cls(name, opts, http)

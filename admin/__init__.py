@@ -1,0 +1,3 @@
+"""The operator's dashboard."""
+
+from __future__ import annotations

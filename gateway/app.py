@@ -1,0 +1,109 @@
+"""`create_app(settings)`: the only way to build the gateway."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+
+from gateway import __version__
+from gateway.auth import KeyService
+from gateway.config import load_config
+from gateway.flow.runner import FlowRunner
+from gateway.http_errors import BodySizeLimit, install_error_handlers
+from gateway.routes import chat, files, health, images, openai_models, posts
+from gateway.routes.common import AppState
+from gateway.settings import Settings
+from storage.blobs import LocalBlobStore
+from storage.db import Database
+from storage.images import ImageStore
+
+log = logging.getLogger("inkgate")
+
+
+def local_base_url(settings: Settings) -> str:
+    if settings.public_base_url:
+        return settings.public_base_url
+    host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{settings.port}"
+
+
+async def first_start_banner(settings: Settings, keys: KeyService, out=None) -> None:
+    """Print where the gateway is; on the very first start also a new API key, once."""
+    out = out or sys.stdout
+    base = local_base_url(settings)
+    lines = [
+        "",
+        "InkGate is running.",
+        f"  OpenAI base URL : {base}/v1",
+        f"  Dashboard       : {base}/admin",
+    ]
+    if settings.master_key is None and await keys.count() == 0:
+        _, plaintext = await keys.create("default")
+        lines += [
+            f"  API key         : {plaintext}",
+            "  (shown once; it is stored hashed. Make more with `inkgate keys create --name NAME`.)",
+        ]
+    elif settings.master_key is not None:
+        lines.append("  API key         : the INKGATE_MASTER_KEY you set, or any key you created")
+    else:
+        lines.append("  API key         : a key you created (`inkgate keys list`)")
+    print("\n".join(lines) + "\n", file=out, flush=True)
+
+
+def create_app(settings: Settings, *, announce: bool = False) -> FastAPI:
+    """Build the app. `announce` prints the banner at start (the CLI sets it)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.database_url)
+        await db.migrate()
+        http = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.upstream_timeout, connect=15.0),
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            follow_redirects=False,
+        )
+        config = load_config(settings.config_path, http)
+        blobs = LocalBlobStore(settings.data_dir / "blobs")
+        image_store = ImageStore(db, blobs)
+        keys = KeyService(db, settings.master_key)
+        runner = FlowRunner(settings, db, image_store, lambda: config)
+        app.state.services = AppState(
+            settings=settings,
+            db=db,
+            http=http,
+            blobs=blobs,
+            images=image_store,
+            keys=keys,
+            runner=runner,
+            config=lambda: config,
+        )
+        if announce:
+            await first_start_banner(settings, keys)
+        try:
+            yield
+        finally:
+            await runner.shutdown()
+            await http.aclose()
+            await db.dispose()
+
+    app = FastAPI(
+        title="InkGate",
+        version=__version__,
+        description="OpenAI-compatible gateway for AI image posts.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for module in (openai_models, chat, images, posts, files, health):
+        app.include_router(module.router)
+    from admin.routes import router as admin_router
+
+    app.include_router(admin_router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app

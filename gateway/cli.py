@@ -1,0 +1,117 @@
+"""The `inkgate` command: `serve` and `keys create | list | revoke`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from gateway.settings import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings.from_env()
+    changes: dict = {}
+    if getattr(args, "data_dir", None):
+        changes["data_dir"] = Path(args.data_dir)
+        if not (os.environ.get("DATABASE_URL") or os.environ.get("INKGATE_DATABASE_URL")):
+            changes["database_url"] = ""
+        if not os.environ.get("INKGATE_CONFIG"):
+            changes["config_path"] = None
+    if getattr(args, "host", None):
+        changes["host"] = args.host
+    if getattr(args, "port", None):
+        changes["port"] = args.port
+    return replace(settings, **changes) if changes else settings
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import create_app
+
+    settings = _settings(args)
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = create_app(settings, announce=True)
+    # X-Forwarded-* are handled by the gateway itself (INKGATE_TRUSTED_PROXIES),
+    # so uvicorn must not rewrite the client address from them.
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        proxy_headers=False,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+async def _keys(args: argparse.Namespace) -> int:
+    from gateway.auth import KeyService
+    from storage.db import Database
+
+    settings = _settings(args)
+    db = Database(settings.database_url)
+    try:
+        await db.migrate()
+        keys = KeyService(db)
+        if args.keys_command == "create":
+            row, plaintext = await keys.create(args.name)
+            print(f"Created key {row.id} ({row.name}). Shown once:\n{plaintext}")
+        elif args.keys_command == "list":
+            rows = await keys.list()
+            if not rows:
+                print("No keys.")
+            for row in rows:
+                state = "revoked" if row.revoked_at else "active"
+                used = (
+                    row.last_used_at.isoformat(timespec="seconds") if row.last_used_at else "never"
+                )
+                print(f"{row.id}  {row.prefix}…  {state:7}  last used {used}  {row.name}")
+        elif args.keys_command == "revoke":
+            from gateway.errors import NotFound
+
+            try:
+                row = await keys.revoke(args.id)
+            except NotFound as exc:
+                print(exc.message, file=sys.stderr)
+                return 1
+            print(f"Revoked key {row.id} ({row.name}).")
+        return 0
+    finally:
+        await db.dispose()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inkgate", description="InkGate gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_serve = sub.add_parser("serve", help="run the gateway")
+    p_serve.add_argument("--host", help="bind address (default 127.0.0.1, env INKGATE_HOST)")
+    p_serve.add_argument("--port", type=int, help="port (default 8000, env INKGATE_PORT)")
+    p_serve.add_argument("--data-dir", help="data directory (default ./data, env INKGATE_DATA_DIR)")
+    p_keys = sub.add_parser("keys", help="manage API keys")
+    p_keys.add_argument("--data-dir", help="data directory (default ./data)")
+    keys_sub = p_keys.add_subparsers(dest="keys_command", required=True)
+    p_create = keys_sub.add_parser("create", help="create a key (printed once)")
+    p_create.add_argument("--name", required=True)
+    keys_sub.add_parser("list", help="list keys")
+    p_revoke = keys_sub.add_parser("revoke", help="revoke a key")
+    p_revoke.add_argument("id")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    return asyncio.run(_keys(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,320 @@
+"""Runs a post: outline, then the cover, then every other page concurrently.
+
+The run is a task owned by the runner, not by the HTTP request that started it:
+a client that disconnects does not stop it. Posts, pages and images are written
+to the database as they progress; listeners get `FlowEvent`s through a queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlmodel import select
+
+from gateway.config import GatewayConfig, PostModelConfig
+from gateway.errors import GatewayError, UpstreamError
+from gateway.flow.outline import OutlinePage, build_outline_messages, outline_text, parse_outline
+from gateway.flow.prompts import build_image_prompt
+from gateway.settings import Settings
+from providers.base import ImageData, ImageRequest
+from storage.db import Database
+from storage.images import ImageStore
+from storage.tables import Page, Post, utcnow
+
+log = logging.getLogger("inkgate.flow")
+
+MAX_RETRY_DELAY = 30.0
+
+
+@dataclass
+class FlowEvent:
+    """`kind`: outline | page_started | page_done | page_failed | finished | error."""
+
+    kind: str
+    page: int | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PostRun:
+    """A started post: its id, its event queue and the task running it."""
+
+    post_id: str
+    events: asyncio.Queue[FlowEvent]
+    task: asyncio.Task | None = None
+
+
+def new_post_id() -> str:
+    return "post_" + secrets.token_urlsafe(16)
+
+
+class FlowRunner:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        images: ImageStore,
+        config: Callable[[], GatewayConfig],
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.images = images
+        self._config = config
+        self._tasks: set[asyncio.Task] = set()
+
+    async def start(
+        self,
+        *,
+        topic: str,
+        model: str,
+        owner_key_id: str | None,
+        page_count: int | None = None,
+        aspect_ratio: str | None = None,
+        references: tuple[ImageData, ...] = (),
+        outline_only: bool = False,
+    ) -> PostRun:
+        """Record a new post and start generating it in the background."""
+        model_cfg = self._config().post_models[model]
+        post = Post(
+            id=new_post_id(),
+            owner_key_id=owner_key_id,
+            model=model,
+            topic=topic,
+            status="generating",
+            aspect_ratio=aspect_ratio or model_cfg.aspect_ratio,
+            page_count=page_count,
+        )
+        async with self.db.session() as session:
+            session.add(post)
+            await session.commit()
+        run = PostRun(post.id, asyncio.Queue())
+        run.task = asyncio.create_task(
+            self._run(post, model_cfg, references, outline_only, run.events.put_nowait),
+            name=f"post-{post.id}",
+        )
+        self._tasks.add(run.task)
+        run.task.add_done_callback(self._tasks.discard)
+        return run
+
+    async def shutdown(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- the run -----------------------------------------------------------
+
+    async def _run(
+        self,
+        post: Post,
+        cfg: PostModelConfig,
+        references: tuple[ImageData, ...],
+        outline_only: bool,
+        emit: Callable[[FlowEvent], None],
+    ) -> None:
+        try:
+            pages = await self._plan_outline(post, cfg, references)
+        except GatewayError as exc:
+            await self._finish_post(post.id, "failed", error=exc.message)
+            emit(FlowEvent("error", data={"error": exc}))
+            return
+        except asyncio.CancelledError:
+            await self._finish_post(post.id, "failed", error="interrupted")
+            raise
+        emit(FlowEvent("outline", data={"pages": pages, "outline": post.outline}))
+        if outline_only:
+            await self._finish_post(post.id, "draft")
+            emit(FlowEvent("finished", data={"status": "draft", "failed": []}))
+            return
+        try:
+            status, failed = await self._render_pages(post, cfg, pages, references, emit)
+        except asyncio.CancelledError:
+            await self._finish_post(post.id, "failed", error="interrupted")
+            raise
+        await self._finish_post(post.id, status)
+        emit(FlowEvent("finished", data={"status": status, "failed": failed}))
+
+    async def _plan_outline(
+        self, post: Post, cfg: PostModelConfig, references: tuple[ImageData, ...]
+    ) -> list[OutlinePage]:
+        provider = self._config().text_provider(cfg.text_provider)
+        messages = build_outline_messages(
+            post.topic, post.page_count, [ref.data_url() for ref in references]
+        )
+        answer = await self._with_retries(
+            lambda: provider.chat(messages, model=cfg.text_model, temperature=cfg.temperature),
+            what=f"outline of {post.id}",
+        )
+        pages = parse_outline(answer, max_pages=post.page_count)
+        if not pages:
+            raise UpstreamError("The text model returned no outline pages", retryable=False)
+        post.outline = outline_text(pages)
+        async with self.db.session() as session:
+            row = await session.get(Post, post.id)
+            row.outline = post.outline
+            row.updated_at = utcnow()
+            session.add(row)
+            for page in pages:
+                session.add(
+                    Page(post_id=post.id, page_index=page.index, type=page.type, text=page.text)
+                )
+            await session.commit()
+        return pages
+
+    async def _render_pages(
+        self,
+        post: Post,
+        cfg: PostModelConfig,
+        pages: list[OutlinePage],
+        references: tuple[ImageData, ...],
+        emit: Callable[[FlowEvent], None],
+    ) -> tuple[str, list[int]]:
+        failed: list[int] = []
+
+        async def one(page: OutlinePage, refs: tuple[ImageData, ...]) -> ImageData | None:
+            image = await self._render_page(post, cfg, page, pages, refs, emit)
+            if image is None:
+                failed.append(page.index)
+            return image
+
+        cover = await one(pages[0], references)
+        rest_refs = ((cover,) if cover else ()) + references
+        limit = asyncio.Semaphore(cfg.concurrency or self.settings.image_concurrency)
+
+        async def limited(page: OutlinePage) -> None:
+            async with limit:
+                await one(page, rest_refs)
+
+        await asyncio.gather(*(limited(p) for p in pages[1:]))
+        done = len(pages) - len(failed)
+        status = "completed" if not failed else ("partial" if done else "failed")
+        return status, sorted(failed)
+
+    async def _render_page(
+        self,
+        post: Post,
+        cfg: PostModelConfig,
+        page: OutlinePage,
+        pages: list[OutlinePage],
+        refs: tuple[ImageData, ...],
+        emit: Callable[[FlowEvent], None],
+    ) -> ImageData | None:
+        provider = self._config().image_provider(cfg.image_provider)
+        has_cover = page.index != 0 and bool(refs) and refs[0] is not None
+        request = ImageRequest(
+            prompt=build_image_prompt(
+                page,
+                topic=post.topic,
+                outline=post.outline or "",
+                aspect_ratio=post.aspect_ratio,
+                short=cfg.short_prompt,
+                has_cover_reference=has_cover,
+            ),
+            references=refs,
+            aspect_ratio=post.aspect_ratio,
+            size=cfg.image_size,
+            model=cfg.image_model,
+            hints={
+                "title": page.title,
+                "body": page.body,
+                "page_index": page.index,
+                "page_count": len(pages),
+                "page_type": page.type,
+                "topic": post.topic,
+            },
+        )
+        await self._update_page(post.id, page.index, status="generating")
+        emit(FlowEvent("page_started", page.index))
+        attempts = 0
+
+        async def attempt() -> list[ImageData]:
+            nonlocal attempts
+            attempts += 1
+            return await provider.generate(request)
+
+        try:
+            images = await self._with_retries(attempt, what=f"page {page.index} of {post.id}")
+            if not images:
+                raise UpstreamError("The image model returned no image", retryable=False)
+            stored = await self.images.put(
+                images[0].data, owner_key_id=post.owner_key_id, post_id=post.id
+            )
+        except GatewayError as exc:
+            await self._update_page(
+                post.id, page.index, status="failed", error=exc.message, attempts=attempts
+            )
+            emit(
+                FlowEvent(
+                    "page_failed", page.index, {"reason": exc.message, "retryable": exc.retryable}
+                )
+            )
+            return None
+        except Exception as exc:  # a bug or bad bytes must not fail the whole post
+            log.exception("page %s of %s failed", page.index, post.id)
+            reason = f"could not store the image ({type(exc).__name__})"
+            await self._update_page(
+                post.id, page.index, status="failed", error=reason, attempts=attempts
+            )
+            emit(FlowEvent("page_failed", page.index, {"reason": reason, "retryable": True}))
+            return None
+        await self._update_page(
+            post.id, page.index, status="done", image_id=stored.id, error=None, attempts=attempts
+        )
+        emit(FlowEvent("page_done", page.index, {"image_id": stored.id, "ext": stored.ext}))
+        return ImageData(images[0].data, stored.mime)
+
+    async def _with_retries(self, call: Callable[[], Any], *, what: str) -> Any:
+        tries = max(1, self.settings.page_retries)
+        for n in range(1, tries + 1):
+            try:
+                return await call()
+            except GatewayError as exc:
+                if not exc.retryable or n == tries:
+                    raise
+                delay = exc.retry_after or self.settings.retry_base_delay * 2 ** (n - 1)
+                delay = min(MAX_RETRY_DELAY, delay) * (1 + random.random() * 0.25)
+                log.warning("%s: %s; retry %d/%d in %.1fs", what, exc.message, n, tries - 1, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    # -- rows --------------------------------------------------------------
+
+    async def _update_page(self, post_id: str, index: int, **fields: Any) -> None:
+        async with self.db.session() as session:
+            result = await session.exec(
+                select(Page).where(Page.post_id == post_id, Page.page_index == index)
+            )
+            row = result.one()
+            for key, value in fields.items():
+                setattr(row, key, value)
+            row.updated_at = utcnow()
+            session.add(row)
+            await session.commit()
+
+    async def _finish_post(self, post_id: str, status: str, error: str | None = None) -> None:
+        async with self.db.session() as session:
+            row = await session.get(Post, post_id)
+            if row is None:
+                return
+            row.status = status
+            row.error = error
+            row.updated_at = utcnow()
+            session.add(row)
+            await session.commit()
+
+
+async def load_post(db: Database, post_id: str) -> tuple[Post, list[Page]] | None:
+    async with db.session() as session:
+        post = await session.get(Post, post_id)
+        if post is None:
+            return None
+        result = await session.exec(
+            select(Page).where(Page.post_id == post_id).order_by(Page.page_index)
+        )
+        return post, list(result.all())

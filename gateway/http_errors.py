@@ -1,0 +1,131 @@
+"""The one place errors become HTTP answers, and the request body size limit.
+
+Every error answer has the OpenAI shape `{"error": {message, type, param, code}}`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import GatewayError, PayloadTooLarge, error_body
+
+log = logging.getLogger("inkgate.http")
+
+_STATUS_CODES = {
+    400: ("invalid_request_error", "invalid_request"),
+    401: ("invalid_request_error", "invalid_api_key"),
+    403: ("invalid_request_error", "permission_denied"),
+    404: ("invalid_request_error", "not_found"),
+    405: ("invalid_request_error", "method_not_allowed"),
+    413: ("invalid_request_error", "request_too_large"),
+    415: ("invalid_request_error", "unsupported_media_type"),
+}
+
+
+def _param(loc: tuple) -> str | None:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    if not parts:
+        return None
+    out = parts[0]
+    for p in parts[1:]:
+        out += f"[{p}]" if p.isdigit() else f".{p}"
+    return out
+
+
+def validation_error_response(exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    if first.get("type") == "json_invalid":
+        message = "We could not parse the JSON body of your request: it is not valid JSON."
+        return JSONResponse(error_body(message, "invalid_request_error", "invalid_json"), 400)
+    param = _param(tuple(first.get("loc", ())))
+    msg = first.get("msg", "invalid value")
+    if first.get("type") == "missing":
+        message = f"Missing required parameter: '{param}'."
+        code = "missing_required_parameter"
+    elif first.get("type") == "extra_forbidden":
+        message = f"Unrecognized request argument supplied: {param}"
+        code = "unknown_parameter"
+    else:
+        message = f"Invalid value for '{param}': {msg}." if param else f"Invalid request: {msg}."
+        code = "invalid_value"
+    return JSONResponse(error_body(message, "invalid_request_error", code, param), 400)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(GatewayError)
+    async def gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
+        return JSONResponse(exc.body(), exc.status, headers=exc.headers())
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        type_, code = _STATUS_CODES.get(exc.status_code, ("api_error", "http_error"))
+        message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        if exc.status_code == 404 and message == "Not Found":
+            message = "Unknown URL. See /docs for the API."
+        return JSONResponse(
+            error_body(message, type_, code), exc.status_code, headers=getattr(exc, "headers", None)
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(
+            error_body("The gateway had an internal error.", "server_error", "internal_error"), 500
+        )
+
+
+class BodySizeLimit:
+    """Refuse request bodies over `max_bytes` with 413, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_bytes
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = 0
+                if declared > limit:
+                    await self._reject(send)
+                    return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise PayloadTooLarge(self._message())
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def _message(self) -> str:
+        return f"Request body too large: the limit is {self.max_bytes} bytes."
+
+    async def _reject(self, send: Send) -> None:
+        response = JSONResponse(PayloadTooLarge(self._message()).body(), 413)
+        await response({"type": "http"}, _empty_receive, send)
+
+
+async def _empty_receive() -> Message:
+    return {"type": "http.disconnect"}

@@ -1,0 +1,82 @@
+"""What routes share: the app's services and the public form of a post."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+from fastapi import Request
+from sqlmodel import select
+
+from gateway.auth import KeyService
+from gateway.config import GatewayConfig
+from gateway.flow.runner import FlowRunner
+from gateway.settings import Settings
+from gateway.urls import base_url, image_url, signed_download_url
+from providers.base import ImageData
+from storage.blobs import LocalBlobStore
+from storage.db import Database
+from storage.images import ImageStore
+from storage.tables import Image, Page, Post
+
+
+@dataclass
+class AppState:
+    """The services of one app instance, made in its lifespan."""
+
+    settings: Settings
+    db: Database
+    http: httpx.AsyncClient
+    blobs: LocalBlobStore
+    images: ImageStore
+    keys: KeyService
+    runner: FlowRunner
+    config: Callable[[], GatewayConfig]
+
+
+def state_of(request: Request) -> AppState:
+    return request.app.state.services
+
+
+def own_image_loader(state: AppState):
+    """Loads one of our own images by id (multi-turn references never go out to the web)."""
+
+    async def load(image_id: str) -> ImageData | None:
+        row = await state.images.get(image_id)
+        if row is None:
+            return None
+        return ImageData(await state.images.read(row), row.mime)
+
+    return load
+
+
+async def post_public(request: Request, state: AppState, post: Post, pages: list[Page]) -> dict:
+    """A post as the API shows it: status, pages and absolute image URLs."""
+    base = base_url(state.settings, request)
+    async with state.db.session() as session:
+        ids = [p.image_id for p in pages if p.image_id]
+        rows = (await session.exec(select(Image).where(Image.id.in_(ids)))).all() if ids else []
+    images = {row.id: row.ext for row in rows}
+    return {
+        "id": post.id,
+        "object": "post",
+        "model": post.model,
+        "topic": post.topic,
+        "status": post.status,
+        "created": int(post.created_at.timestamp()),
+        "download_url": signed_download_url(state.settings, base, post.id, post.owner_key_id),
+        "pages": [
+            {
+                "index": page.page_index,
+                "type": page.type,
+                "text": page.text,
+                "status": page.status,
+                "image_url": image_url(base, page.image_id, images.get(page.image_id, "png"))
+                if page.image_id
+                else None,
+                "error": page.error,
+            }
+            for page in pages
+        ],
+    }

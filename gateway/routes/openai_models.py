@@ -1,0 +1,29 @@
+"""`GET /v1/models` and `GET /v1/models/{id}`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from gateway.auth import CurrentKey
+from gateway.models import resolve_model
+from gateway.routes.common import state_of
+
+router = APIRouter()
+
+CREATED = 1767225600  # 2026-01-01: model ids are configuration, not releases
+
+
+def _model(model_id: str) -> dict:
+    return {"id": model_id, "object": "model", "created": CREATED, "owned_by": "inkgate"}
+
+
+@router.get("/v1/models")
+async def list_models(request: Request, _: CurrentKey) -> dict:
+    config = state_of(request).config()
+    return {"object": "list", "data": [_model(m) for m in config.model_ids()]}
+
+
+@router.get("/v1/models/{model_id}")
+async def get_model(model_id: str, request: Request, _: CurrentKey) -> dict:
+    resolve_model(state_of(request).config(), model_id)
+    return _model(model_id)
