@@ -97,27 +97,39 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         limit = self.max_bytes
+        declared = None
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
-                    declared = 0
-                if declared > limit:
-                    await self._reject(send)
-                    return
+                    declared = None
+        if declared is not None:
+            # the server enforces Content-Length, so checking the declaration is enough
+            if declared > limit:
+                await self._reject(send)
+                return
+            await self.app(scope, receive, send)
+            return
+        # A chunked body: read it up to the limit, then replay it to the app.
+        messages: list[Message] = []
         seen = 0
-
-        async def limited_receive() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise PayloadTooLarge(self._message())
-            return message
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                await self._reject(send)
+                return
+            if not message.get("more_body", False):
+                break
 
-        await self.app(scope, limited_receive, send)
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
 
     def _message(self) -> str:
         return f"Request body too large: the limit is {self.max_bytes} bytes."

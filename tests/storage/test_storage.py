@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+from sqlalchemy import inspect, text
+
+from storage.blobs import LocalBlobStore
+from storage.db import Database, normalize_url
+from storage.images import ImageStore, NotAnImage, blob_key, inspect_image
+
+
+def _png(color=(10, 20, 30), size=(40, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+async def db(database_url: str):
+    database = Database(database_url)
+    await database.migrate()
+    yield database
+    await database.dispose()
+
+
+async def test_migrations_create_the_tables_and_are_idempotent(db: Database) -> None:
+    await db.migrate()  # a second start applies nothing and does not fail
+    async with db.engine.connect() as conn:
+        tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
+        version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
+    assert {"api_keys", "posts", "pages", "images", "alembic_version"} <= tables
+    assert version == "0001"
+
+
+async def test_sqlite_uses_wal(tmp_path) -> None:
+    database = Database(f"sqlite:///{tmp_path / 'x.db'}")
+    await database.migrate()
+    async with database.engine.connect() as conn:
+        assert (await conn.execute(text("PRAGMA journal_mode"))).scalar() == "wal"
+    await database.dispose()
+
+
+def test_normalize_url() -> None:
+    assert normalize_url("sqlite:///data/x.db") == (
+        "sqlite:///data/x.db",
+        "sqlite+aiosqlite:///data/x.db",
+    )
+    pg = "postgresql+psycopg://u:p@h:5432/d"
+    assert normalize_url("postgres://u:p@h:5432/d") == (pg, pg)
+    assert normalize_url("postgresql://u:p@h:5432/d") == (pg, pg)
+    with pytest.raises(ValueError):
+        normalize_url("mysql://u@h/d")
+
+
+def test_local_blob_store_atomic_and_safe(tmp_path) -> None:
+    store = LocalBlobStore(tmp_path / "blobs")
+    store.put("images/ab/x.png", b"data")
+    assert store.get("images/ab/x.png") == b"data" and store.exists("images/ab/x.png")
+    assert not [
+        p for p in (tmp_path / "blobs" / "images" / "ab").iterdir() if p.name.startswith(".tmp")
+    ]
+    store.delete("images/ab/x.png")
+    assert not store.exists("images/ab/x.png")
+    for bad in ("../x", "/etc/passwd", "a/../../b", "", "a\\b"):
+        with pytest.raises(ValueError):
+            store.put(bad, b"x")
+
+
+def test_inspect_image_from_bytes() -> None:
+    info = inspect_image(_png(size=(40, 30)))
+    assert (info.mime, info.ext, info.width, info.height) == ("image/png", "png", 40, 30)
+    buf = io.BytesIO()
+    Image.new("RGB", (5, 5)).save(buf, "WEBP")
+    assert inspect_image(buf.getvalue()).mime == "image/webp"
+    with pytest.raises(NotAnImage):
+        inspect_image(b"<html>not an image</html>")
+
+
+async def test_image_store_dedupes_bytes_and_ids_are_random(db: Database, tmp_path) -> None:
+    store = ImageStore(db, LocalBlobStore(tmp_path / "blobs"))
+    data = _png()
+    a = await store.put(data, owner_key_id="k1", post_id="p1")
+    b = await store.put(data)
+    assert a.id != b.id and a.sha256 == b.sha256
+    assert len(a.id) >= len("img_") + 22  # 128 random bits, url-safe
+    files = list((tmp_path / "blobs").rglob("*.png"))
+    assert files == [tmp_path / "blobs" / blob_key(a.sha256, "png")]
+    assert await store.read(await store.get(a.id)) == data
+    assert (await store.get(a.id)).owner_key_id == "k1"
+    assert await store.get("img_missing") is None
