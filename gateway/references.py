@@ -9,7 +9,6 @@ are followed by hand and checked the same way.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import ipaddress
 import re
@@ -19,6 +18,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import anyio
 import httpx
+import pybase64
 
 from gateway.errors import InvalidRequest
 from providers.base import ImageData
@@ -37,7 +37,7 @@ def decode_data_url(url: str, param: str) -> ImageData:
             "Image data URLs must be base64 'data:image/...;base64,...'", param=param
         )
     try:
-        data = base64.b64decode(url[match.end() :], validate=False)
+        data = pybase64.b64decode(url[match.end() :], validate=False)
     except (binascii.Error, ValueError) as exc:
         raise InvalidRequest("The image data URL is not valid base64", param=param) from exc
     if len(data) > MAX_REFERENCE_BYTES:

@@ -80,12 +80,16 @@ class ImageStore:
             self.blobs.put(key, data)
         return info
 
-    async def put(
+    async def write(
         self, data: bytes, *, owner_key_id: str | None = None, post_id: str | None = None
     ) -> Image:
-        """Store bytes (once per content) and record a new image id for them."""
+        """Store the bytes (once per content) and return a new, not yet saved row.
+
+        The caller adds the row to its own transaction (the flow saves it together
+        with the page that uses it); `put` does both steps.
+        """
         info = await anyio.to_thread.run_sync(self._write, data)
-        row = Image(
+        return Image(
             id=new_image_id(),
             sha256=info.sha256,
             mime=info.mime,
@@ -96,6 +100,12 @@ class ImageStore:
             owner_key_id=owner_key_id,
             post_id=post_id,
         )
+
+    async def put(
+        self, data: bytes, *, owner_key_id: str | None = None, post_id: str | None = None
+    ) -> Image:
+        """Store bytes (once per content) and record a new image id for them."""
+        row = await self.write(data, owner_key_id=owner_key_id, post_id=post_id)
         async with self.db.session() as session:
             session.add(row)
             await session.commit()

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlmodel import select
+from sqlalchemy import update
+from sqlmodel import SQLModel, select
 
 from gateway.config import GatewayConfig, PostModelConfig
 from gateway.errors import GatewayError, UpstreamError
@@ -242,7 +243,7 @@ class FlowRunner:
             images = await self._with_retries(attempt, what=f"page {page.index} of {post.id}")
             if not images:
                 raise UpstreamError("The image model returned no image", retryable=False)
-            stored = await self.images.put(
+            stored = await self.images.write(
                 images[0].data, owner_key_id=post.owner_key_id, post_id=post.id
             )
         except GatewayError as exc:
@@ -263,9 +264,11 @@ class FlowRunner:
             )
             emit(FlowEvent("page_failed", page.index, {"reason": reason, "retryable": True}))
             return None
+        # the image row and the page that shows it are saved together
         await self._update_page(
-            post.id, page.index, status="done", image_id=stored.id, error=None, attempts=attempts
-        )
+            post.id, page.index, status="done", image_id=stored.id, error=None,
+            attempts=attempts, also=stored,
+        )  # fmt: skip
         emit(FlowEvent("page_done", page.index, {"image_id": stored.id, "ext": stored.ext}))
         return ImageData(images[0].data, stored.mime)
 
@@ -285,16 +288,18 @@ class FlowRunner:
 
     # -- rows --------------------------------------------------------------
 
-    async def _update_page(self, post_id: str, index: int, **fields: Any) -> None:
+    async def _update_page(
+        self, post_id: str, index: int, *, also: SQLModel | None = None, **fields: Any
+    ) -> None:
+        """One UPDATE of a page's columns (plus `also`, a row saved in the same transaction)."""
         async with self.db.session() as session:
-            result = await session.exec(
-                select(Page).where(Page.post_id == post_id, Page.page_index == index)
+            if also is not None:
+                session.add(also)
+            await session.exec(
+                update(Page)
+                .where(Page.post_id == post_id, Page.page_index == index)
+                .values(**fields, updated_at=utcnow())
             )
-            row = result.one()
-            for key, value in fields.items():
-                setattr(row, key, value)
-            row.updated_at = utcnow()
-            session.add(row)
             await session.commit()
 
     async def _finish_post(self, post_id: str, status: str, error: str | None = None) -> None:

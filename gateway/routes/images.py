@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 import time
 
 import anyio
+import pybase64
 from fastapi import APIRouter, Request
 
 from gateway.auth import CurrentKey
@@ -26,7 +26,7 @@ async def _item(state, request: Request, row: Image, fmt: str, revised: str | No
     item: dict = {}
     if fmt == "b64_json":
         data = await state.images.read(row)
-        item["b64_json"] = await anyio.to_thread.run_sync(lambda: base64.b64encode(data).decode())
+        item["b64_json"] = await anyio.to_thread.run_sync(lambda: pybase64.b64encode(data).decode())
     else:
         item["url"] = image_url(base_url(state.settings, request), row.id, row.ext)
     if revised is not None:

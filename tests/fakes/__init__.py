@@ -1,0 +1,1 @@
+"""Fake upstreams for tests and the benchmark: small ASGI apps speaking real wire formats."""
