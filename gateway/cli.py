@@ -97,11 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_serve.add_argument("--data-dir", help="data directory (default ./data, env INKGATE_DATA_DIR)")
     p_keys = sub.add_parser("keys", help="manage API keys")
     p_keys.add_argument("--data-dir", help="data directory (default ./data)")
+    # --data-dir also after the subcommand; SUPPRESS keeps one given before it
+    data_dir = argparse.ArgumentParser(add_help=False)
+    data_dir.add_argument("--data-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     keys_sub = p_keys.add_subparsers(dest="keys_command", required=True)
-    p_create = keys_sub.add_parser("create", help="create a key (printed once)")
+    p_create = keys_sub.add_parser("create", help="create a key (printed once)", parents=[data_dir])
     p_create.add_argument("--name", required=True)
-    keys_sub.add_parser("list", help="list keys")
-    p_revoke = keys_sub.add_parser("revoke", help="revoke a key")
+    keys_sub.add_parser("list", help="list keys", parents=[data_dir])
+    p_revoke = keys_sub.add_parser("revoke", help="revoke a key", parents=[data_dir])
     p_revoke.add_argument("id")
     return parser
 

@@ -355,11 +355,6 @@ def test_keys_list_and_revoke(server: Server) -> None:
     assert any(key_id in line and "revoked" in line for line in listed.splitlines())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: gateway/cli.py puts --data-dir only on `keys`, so `keys create ... "
-    "--data-dir DIR` (the natural order) is rejected",
-)
 def test_keys_accepts_data_dir_after_the_subcommand(server: Server) -> None:
     done = subprocess.run(
         [

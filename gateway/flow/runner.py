@@ -8,6 +8,7 @@ to the database as they progress; listeners get `FlowEvent`s through a queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import secrets
@@ -120,26 +121,30 @@ class FlowRunner:
         emit: Callable[[FlowEvent], None],
     ) -> None:
         try:
-            pages = await self._plan_outline(post, cfg, references)
-        except GatewayError as exc:
-            await self._finish_post(post.id, "failed", error=exc.message)
-            emit(FlowEvent("error", data={"error": exc}))
-            return
-        except asyncio.CancelledError:
-            await self._finish_post(post.id, "failed", error="interrupted")
-            raise
-        emit(FlowEvent("outline", data={"pages": pages, "outline": post.outline}))
-        if outline_only:
-            await self._finish_post(post.id, "draft")
-            emit(FlowEvent("finished", data={"status": "draft", "failed": []}))
-            return
-        try:
+            try:
+                pages = await self._plan_outline(post, cfg, references)
+            except GatewayError as exc:
+                await self._finish_post(post.id, "failed", error=exc.message)
+                emit(FlowEvent("error", data={"error": exc}))
+                return
+            emit(FlowEvent("outline", data={"pages": pages, "outline": post.outline}))
+            if outline_only:
+                await self._finish_post(post.id, "draft")
+                emit(FlowEvent("finished", data={"status": "draft", "failed": []}))
+                return
             status, failed = await self._render_pages(post, cfg, pages, references, emit)
+            await self._finish_post(post.id, status)
+            emit(FlowEvent("finished", data={"status": status, "failed": failed}))
         except asyncio.CancelledError:
             await self._finish_post(post.id, "failed", error="interrupted")
             raise
-        await self._finish_post(post.id, status)
-        emit(FlowEvent("finished", data={"status": status, "failed": failed}))
+        except Exception:
+            # A bug or a database outage: listeners must hear of it, not wait forever.
+            log.exception("post %s failed unexpectedly", post.id)
+            with contextlib.suppress(Exception):
+                await self._finish_post(post.id, "failed", error="internal error")
+            error = GatewayError("The post could not be generated (internal error).")
+            emit(FlowEvent("error", data={"error": error}))
 
     async def _plan_outline(
         self, post: Post, cfg: PostModelConfig, references: tuple[ImageData, ...]
@@ -178,19 +183,21 @@ class FlowRunner:
     ) -> tuple[str, list[int]]:
         failed: list[int] = []
 
-        async def one(page: OutlinePage, refs: tuple[ImageData, ...]) -> ImageData | None:
-            image = await self._render_page(post, cfg, page, pages, refs, emit)
+        async def one(
+            page: OutlinePage, refs: tuple[ImageData, ...], has_cover: bool
+        ) -> ImageData | None:
+            image = await self._render_page(post, cfg, page, pages, refs, has_cover, emit)
             if image is None:
                 failed.append(page.index)
             return image
 
-        cover = await one(pages[0], references)
+        cover = await one(pages[0], references, has_cover=False)
         rest_refs = ((cover,) if cover else ()) + references
         limit = asyncio.Semaphore(cfg.concurrency or self.settings.image_concurrency)
 
         async def limited(page: OutlinePage) -> None:
             async with limit:
-                await one(page, rest_refs)
+                await one(page, rest_refs, has_cover=cover is not None)
 
         await asyncio.gather(*(limited(p) for p in pages[1:]))
         done = len(pages) - len(failed)
@@ -204,10 +211,11 @@ class FlowRunner:
         page: OutlinePage,
         pages: list[OutlinePage],
         refs: tuple[ImageData, ...],
+        has_cover: bool,
         emit: Callable[[FlowEvent], None],
     ) -> ImageData | None:
+        """Generate, store and record one page; None when it failed (never raises)."""
         provider = self._config().image_provider(cfg.image_provider)
-        has_cover = page.index != 0 and bool(refs) and refs[0] is not None
         request = ImageRequest(
             prompt=build_image_prompt(
                 page,

@@ -276,10 +276,6 @@ async def test_only_pages_after_a_drawn_cover_are_told_about_it(services, script
     assert all(COVER_REFERENCE_RULE in script.calls_for(p)[0].prompt for p in (1, 2))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: runner._render_page takes refs[0] for the cover even when the cover failed",
-)
 async def test_a_user_reference_is_not_called_the_cover(services, script: Script) -> None:
     script.outline_pages = 3
     script.policy = {0}
@@ -377,11 +373,6 @@ async def test_outline_failure_is_an_error_event(services, script: Script) -> No
     assert pages == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an exception other than GatewayError in the outline step ends the run "
-    "without an event, so listeners wait forever and the post stays 'generating'",
-)
 async def test_outline_crash_is_an_error_event(services, script: Script) -> None:
     script.outline_error = KeyError("choices")  # a provider bug, not a mapped error
     run = await start(services)
