@@ -58,13 +58,16 @@ class Database:
             db_path = make_url(self.sync_url).database
             if db_path and db_path != ":memory:":
                 Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+            # Pages of a post are written concurrently (15+ at once): a pool that
+            # small would close and reopen connections (a thread and four PRAGMAs
+            # each) on every burst.
             self.engine: AsyncEngine = create_async_engine(
-                self.async_url, connect_args={"timeout": 30}
+                self.async_url, connect_args={"timeout": 30}, pool_size=20, max_overflow=20
             )
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         else:
             self.engine = create_async_engine(
-                self.async_url, pool_size=10, max_overflow=20, pool_pre_ping=True
+                self.async_url, pool_size=20, max_overflow=20, pool_pre_ping=True
             )
         self._sessions = async_sessionmaker(
             self.engine, class_=AsyncSession, expire_on_commit=False

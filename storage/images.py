@@ -16,6 +16,7 @@ from pathlib import Path
 import anyio
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
+from sqlmodel import select
 
 from storage.blobs import LocalBlobStore
 from storage.db import Database
@@ -114,6 +115,13 @@ class ImageStore:
     async def get(self, image_id: str) -> Image | None:
         async with self.db.session() as session:
             return await session.get(Image, image_id)
+
+    async def get_many(self, image_ids: list[str]) -> dict[str, Image]:
+        if not image_ids:
+            return {}
+        async with self.db.session() as session:
+            rows = await session.exec(select(Image).where(Image.id.in_(image_ids)))
+            return {row.id: row for row in rows}
 
     def path(self, image: Image) -> Path:
         return self.blobs.path(blob_key(image.sha256, image.ext))

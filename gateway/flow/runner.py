@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import update
-from sqlmodel import SQLModel, select
+from sqlalchemy import bindparam, insert, update
+from sqlmodel import select
 
 from gateway.config import GatewayConfig, PostModelConfig
 from gateway.errors import GatewayError, UpstreamError
@@ -27,7 +27,7 @@ from gateway.settings import Settings
 from providers.base import ImageData, ImageRequest
 from storage.db import Database
 from storage.images import ImageStore
-from storage.tables import Page, Post, utcnow
+from storage.tables import Image, Page, Post, utcnow
 
 log = logging.getLogger("inkgate.flow")
 
@@ -297,18 +297,25 @@ class FlowRunner:
     # -- rows --------------------------------------------------------------
 
     async def _update_page(
-        self, post_id: str, index: int, *, also: SQLModel | None = None, **fields: Any
+        self, post_id: str, index: int, *, also: Image | None = None, **fields: Any
     ) -> None:
-        """One UPDATE of a page's columns (plus `also`, a row saved in the same transaction)."""
-        async with self.db.session() as session:
+        """One UPDATE of a page's columns, and `also` (its image row) in the same transaction.
+
+        Core statements with bound parameters, not the ORM: they run once or twice per
+        page on the hot path, and constant statements stay in SQLAlchemy's compiled cache.
+        """
+        pages = Page.__table__
+        statement = (
+            update(pages)
+            .where(pages.c.post_id == bindparam("b_post"), pages.c.page_index == bindparam("b_idx"))
+            .values({name: bindparam(name) for name in (*sorted(fields), "updated_at")})
+        )
+        async with self.db.engine.begin() as conn:
             if also is not None:
-                session.add(also)
-            await session.exec(
-                update(Page)
-                .where(Page.post_id == post_id, Page.page_index == index)
-                .values(**fields, updated_at=utcnow())
+                await conn.execute(insert(Image.__table__), [also.model_dump()])
+            await conn.execute(
+                statement, {**fields, "updated_at": utcnow(), "b_post": post_id, "b_idx": index}
             )
-            await session.commit()
 
     async def _finish_post(self, post_id: str, status: str, error: str | None = None) -> None:
         async with self.db.session() as session:

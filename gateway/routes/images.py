@@ -85,9 +85,10 @@ async def generate_images(body: ImageGenerationRequest, request: Request, key: C
     if model.kind == "post" and not done:
         reason = next((p.error for p in pages if p.error), "no page could be generated")
         raise UpstreamError(f"No page of the post could be generated: {reason}", retryable=False)
-    data = []
-    for page in done:
-        row = await state.images.get(page.image_id)
-        if row is not None:
-            data.append(await _item(state, request, row, fmt, page.text))
+    rows = await state.images.get_many([p.image_id for p in done])
+    data = [
+        await _item(state, request, rows[p.image_id], fmt, p.text)
+        for p in done
+        if p.image_id in rows
+    ]
     return {"created": created, "data": data, "post_id": post.id}
