@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 
 import httpx
 import pytest
@@ -253,10 +254,17 @@ def test_fit_text_wraps_by_width_and_truncates_with_an_ellipsis():
     assert all(set(line.text.rstrip("…").split()) <= {"word"} for line in block.lines)
 
 
+def _skip_without(reason: str) -> None:
+    # CI installs fonts-noto-cjk and sets INKGATE_REQUIRE_CJK_FONT=1: there, fail instead.
+    if os.environ.get("INKGATE_REQUIRE_CJK_FONT") == "1":
+        pytest.fail(f"{reason}, but INKGATE_REQUIRE_CJK_FONT=1")
+    pytest.skip(reason)
+
+
 def test_wrap_breaks_cjk_per_character():
     pair = fonts.find_cjk_font()
     if pair is None:
-        pytest.skip("no CJK font installed")
+        _skip_without("no CJK font installed")
     font = fonts.load_font(pair.regular, 40)
     lines = fonts.wrap("一二三四五六七八九十" * 3, font, 200)
     assert len(lines) == 6 and all(len(line) == 5 for line in lines)
@@ -283,7 +291,7 @@ async def test_missing_cjk_font_warns_once_and_draws_no_tofu(provider, no_cjk_fo
 async def test_chinese_card_uses_the_cjk_font(provider, monkeypatch, caplog):
     pair = fonts.find_cjk_font()
     if pair is None:
-        pytest.skip("no CJK font installed")
+        _skip_without("no CJK font installed")
     assert fonts.drawable("周末露营装备全攻略", pair.bold) == "周末露营装备全攻略"
     request = ImageRequest(prompt="t", hints=hints())
     with caplog.at_level(logging.WARNING, logger="inkgate.providers.local"):
@@ -311,7 +319,7 @@ def test_options_are_validated(tmp_path):
 async def test_forced_font_path_is_used(monkeypatch):
     latin = fonts.find_latin_font().regular
     if latin.path is None:
-        pytest.skip("no font file installed")
+        _skip_without("no font file installed")
     monkeypatch.setattr(local, "_cjk_warning_issued", True)
     async with httpx.AsyncClient() as http:
         forced = LocalProvider("local", LocalOptions(font_path=latin.path), http)
