@@ -63,6 +63,8 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # migrations report only problems, so the start-up banner stays readable
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
     app = create_app(settings, announce=True)
     # X-Forwarded-* are handled by the gateway itself (INKGATE_TRUSTED_PROXIES),
     # so uvicorn must not rewrite the client address from them.
