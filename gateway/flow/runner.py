@@ -23,6 +23,7 @@ from gateway.config import GatewayConfig, PostModelConfig
 from gateway.errors import GatewayError, UpstreamError
 from gateway.flow.outline import OutlinePage, build_outline_messages, outline_text, parse_outline
 from gateway.flow.prompts import build_image_prompt
+from gateway.flow.reference import compact_reference, compact_references
 from gateway.settings import Settings
 from providers.base import ImageData, ImageRequest
 from storage.db import Database
@@ -121,6 +122,7 @@ class FlowRunner:
         emit: Callable[[FlowEvent], None],
     ) -> None:
         try:
+            references = await compact_references(references)
             try:
                 pages = await self._plan_outline(post, cfg, references)
             except GatewayError as exc:
@@ -192,6 +194,8 @@ class FlowRunner:
             return image
 
         cover = await one(pages[0], references, has_cover=False)
+        if cover is not None:
+            cover = await compact_reference(cover)
         rest_refs = ((cover,) if cover else ()) + references
         limit = asyncio.Semaphore(cfg.concurrency or self.settings.image_concurrency)
 

@@ -40,6 +40,15 @@ def png(colour: tuple[int, int, int], size: tuple[int, int] = (24, 32)) -> bytes
     return buffer.getvalue()
 
 
+@functools.cache
+def noise_png() -> bytes:
+    buffer = io.BytesIO()
+    PILImage.frombytes("RGB", (1080, 1440), secrets.token_bytes(1080 * 1440 * 3)).save(
+        buffer, "PNG", compress_level=1
+    )
+    return buffer.getvalue()
+
+
 def fake_outline(pages: int) -> str:
     parts = ["[封面]\n标题：测试封面\n副标题：副标题"]
     parts += [f"[内容]\n第{i + 1}页标题\n- 要点 {i + 1}" for i in range(1, pages - 1)]
@@ -67,6 +76,7 @@ class Script:
     transient: dict[int, int] = field(default_factory=dict)  # page → failures, then success
     policy: set[int] = field(default_factory=set)  # pages always refused
     same_bytes: bool = False
+    big_cover: bool = False  # page 0 answers a ~4.6 MB 1080x1440 PNG
     not_an_image: set[int] = field(default_factory=set)  # pages answered with junk bytes
     text_calls: list[list[dict]] = field(default_factory=list)
     image_calls: list[ImageCall] = field(default_factory=list)
@@ -120,6 +130,8 @@ class FakeImage(ImageProvider):
                 raise UpstreamError(f"page {index}: upstream 503")
             if index in script.not_an_image:
                 return [ImageData(b"<html>not an image</html>", "image/png")]
+            if index == 0 and script.big_cover:
+                return [ImageData(noise_png(), "image/png")]
             colour = (200, 100, 50) if script.same_bytes else (index * 20 % 256, 80, 160)
             return [ImageData(png(colour), "image/png")]
         finally:
@@ -231,6 +243,20 @@ async def test_cover_first_alone_then_cover_is_first_reference(services, script:
         assert call.references[0].data == cover
         assert call.references[0].mime == "image/png"
         assert call.hints["page_count"] == 5
+
+
+async def test_a_large_cover_goes_to_the_other_pages_compacted(services, script: Script) -> None:
+    script.outline_pages = 3
+    script.big_cover = True
+    run = await start(services)
+    await drain(run)
+    _, pages, _ = await post_rows(services, run.post_id)
+    assert await image_bytes(services, pages[0].image_id) == noise_png()  # stored as drawn
+    for page in (1, 2):
+        ref = script.calls_for(page)[0].references[0]
+        assert ref.mime == "image/jpeg" and len(ref.data) < len(noise_png()) // 4
+        with PILImage.open(io.BytesIO(ref.data)) as im:
+            assert im.size == (768, 1024)
 
 
 async def test_user_references_follow_the_cover_everywhere(services, script: Script) -> None:
