@@ -8,6 +8,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 import httpx
 from fastapi import FastAPI
 
@@ -75,6 +76,7 @@ def create_app(settings: Settings, *, announce: bool = False) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await anyio.to_thread.run_sync(settings.signing_secret)  # made/read once, off the loop
         db = Database(settings.database_url)
         await db.migrate()
         _read_upstream_answers_in_large_pieces()

@@ -6,6 +6,7 @@ else receives a `Settings` instance (tests build their own).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import secrets
@@ -117,13 +118,25 @@ class Settings:
         return replace(s, **overrides) if overrides else s
 
     def signing_secret(self) -> bytes:
-        """The secret for signed links: the setting, else a file made once in the data dir."""
+        """The secret for signed links: the setting, else a file made once in the data dir.
+
+        Read once per process (the app's lifespan warms it in a thread), so answering a
+        request never touches the disk for it.
+        """
         if self.secret_key:
             return self.secret_key.encode()
-        path = self.data_dir / "secret.key"
-        if not path.exists():
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+        return _secret_file(self.data_dir / "secret.key")
+
+
+@functools.lru_cache(maxsize=8)
+def _secret_file(path: Path) -> bytes:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first
+            pass
+        else:
             with os.fdopen(fd, "w") as fh:
                 fh.write(secrets.token_hex(32))
-        return path.read_text().strip().encode()
+    return path.read_text().strip().encode()

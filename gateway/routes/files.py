@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anyio
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
 
@@ -28,6 +29,6 @@ async def get_image(name: str, request: Request) -> Response:
     if etag in [tag.strip().removeprefix("W/") for tag in inm.split(",")] or inm.strip() == "*":
         return Response(status_code=304, headers=headers)
     path = state.images.path(row)
-    if not path.is_file():
+    if not await anyio.to_thread.run_sync(path.is_file):
         raise NotFound(f"The bytes of image {row.id!r} are missing", code="image_not_found")
     return FileResponse(path, media_type=row.mime, headers=headers)
