@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,7 +16,7 @@ from fastapi import FastAPI
 
 from gateway import __version__
 from gateway.auth import KeyService
-from gateway.config import load_config
+from gateway.config import ConfigSource
 from gateway.flow.runner import FlowRunner
 from gateway.http_errors import BodySizeLimit, install_error_handlers
 from gateway.routes import chat, files, health, images, openai_models, posts
@@ -85,11 +87,12 @@ def create_app(settings: Settings, *, announce: bool = False) -> FastAPI:
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
             follow_redirects=False,
         )
-        config = load_config(settings.config_path, http)
+        source = ConfigSource(settings.config_path, settings.data_dir, http, os.environ)
+        await source.load()
         blobs = LocalBlobStore(settings.data_dir / "blobs")
         image_store = ImageStore(db, blobs)
         keys = KeyService(db, settings.master_key)
-        runner = FlowRunner(settings, db, image_store, lambda: config)
+        runner = FlowRunner(settings, db, image_store, lambda: source.current)
         app.state.services = AppState(
             settings=settings,
             db=db,
@@ -98,8 +101,10 @@ def create_app(settings: Settings, *, announce: bool = False) -> FastAPI:
             images=image_store,
             keys=keys,
             runner=runner,
-            config=lambda: config,
+            config=lambda: source.current,
         )
+        app.state.config_source = source
+        watcher = asyncio.create_task(source.watch(settings.config_reload_seconds))
         if announce:
             await first_start_banner(settings, keys)
             # Everything imported so far lives as long as the process: keep the garbage
@@ -108,6 +113,7 @@ def create_app(settings: Settings, *, announce: bool = False) -> FastAPI:
         try:
             yield
         finally:
+            watcher.cancel()
             await runner.shutdown()
             await http.aclose()
             await db.dispose()

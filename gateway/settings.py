@@ -32,6 +32,7 @@ SETTINGS_DOC: dict[str, str] = {
     "INKGATE_KEEPALIVE_SECONDS": "Silence before a `: keep-alive` SSE comment. Default 8.",
     "INKGATE_SECRET_KEY": "Secret that signs download links. Default: generated once in the data dir.",
     "INKGATE_LOG_LEVEL": "Log level. Default `INFO`.",
+    "INKGATE_CONFIG_RELOAD_SECONDS": "How often config files are checked for changes. Default 1.",
 }
 
 
@@ -81,6 +82,7 @@ class Settings:
     keepalive_seconds: float = 8.0
     secret_key: str | None = None
     log_level: str = "INFO"
+    config_reload_seconds: float = 1.0
     retry_base_delay: float = field(default=1.0, repr=False)
 
     def __post_init__(self) -> None:
@@ -114,6 +116,7 @@ class Settings:
             keepalive_seconds=_float(env, "INKGATE_KEEPALIVE_SECONDS", 8.0),
             secret_key=env.get("INKGATE_SECRET_KEY") or None,
             log_level=(env.get("INKGATE_LOG_LEVEL") or "INFO").upper(),
+            config_reload_seconds=_float(env, "INKGATE_CONFIG_RELOAD_SECONDS", 1.0),
         )
         return replace(s, **overrides) if overrides else s
 

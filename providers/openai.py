@@ -6,33 +6,45 @@ as given (only a trailing `/` is dropped): `https://api.openai.com/v1`, but also
 `https://relay.example.com/openai/v1` or a relay that has no `/v1` at all. Nothing is
 appended, because relays differ in where they put the version.
 
+Images come one of two ways (`image_endpoint`):
+
+- `images`: the Images API, `/images/generations`, or `/images/edits` when there are
+  reference images, sent as multipart files or (`edits_format: json`, the shape of
+  OpenAI's JSON edits) as `images: [{"image_url": "data:..."}]`.
+- `chat`: an image model behind `/chat/completions` (Gemini image models through
+  OpenRouter or new-api/one-api relays). The prompt and the references go out as one
+  user message; the image comes back in `message.images[]` (OpenRouter), as image parts
+  of `message.content`, or as markdown / a bare data or http URL in the text (relays).
+  `extract_chat_image` knows every shape. `n` > 1 makes n concurrent calls.
+
 Translation lives in the module-level functions (`build_chat_payload`,
 `parse_chat_response`, `parse_stream_line`, `size_for`, `build_generation_payload`,
-`parse_images_response`, ...); `OpenAIProvider` only sends.
+`parse_images_response`, `build_chat_image_payload`, `extract_chat_image`, ...);
+`OpenAIProvider` only sends.
 
 Images arrive as base64 inside JSON (~2.7 MB for a 2 MB PNG) and the gateway's CPU
 budget is 15 ms per stored image. So the body is read once (chunks joined here, not
 by `aread()`), `parse_images_body` cuts the base64 strings out by byte search and gives
 only the small rest to the JSON parser, and each image is decoded once straight from
-the body: no Pillow, no intermediate copies. Measured per 2 MB image, the whole
-`generate` costs ~9.5 ms CPU with this and ~11 ms with a plain `json.loads`; ~6.7 vs
-~8 ms when glibc keeps freed memory (`MALLOC_MMAP_THRESHOLD_=33554432` and
-`MALLOC_TRIM_THRESHOLD_=134217728` in the environment). Answers the byte search does not
-recognise go through `json.loads`. The parse runs on the event loop: in a
-worker thread it cost ~3 ms more per image, from page faults in glibc's per-thread
-arenas, and it holds the GIL anyway.
+the body: no Pillow, no intermediate copies (base64 with SIMD `pybase64`). Answers the byte
+search does not recognise go through `json.loads`. The parse runs in a worker thread, never
+on the event loop; `inkgate serve` sets glibc's malloc up so the thread's multi-MB buffers
+do not cost page faults each time (see `gateway.cli.tune_allocator`, BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import contextlib
+import functools
 import json
 import logging
 import math
 import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, ClassVar, Literal
+from urllib.parse import unquote_to_bytes, urlsplit
 
 import anyio
 import httpx
@@ -81,9 +93,26 @@ class OpenAIOptions(ProviderOptions):
         default="https://api.openai.com/v1",
         description="Prefix in front of /chat/completions, used as given (no /v1 is appended).",
     )
-    api_key: SecretStr | None = None
+    api_key: SecretStr | None = Field(default=None, description="Sent as a Bearer token.")
     text_model: str | None = Field(default=None, description=f"Default {DEFAULT_TEXT_MODEL}.")
     image_model: str | None = Field(default=None, description=f"Default {DEFAULT_IMAGE_MODEL}.")
+    image_endpoint: Literal["images", "chat"] = Field(
+        default="images",
+        description="images: the Images API (/images/generations, /images/edits with "
+        "references); chat: an image model behind /chat/completions.",
+    )
+    edits_format: Literal["multipart", "json"] = Field(
+        default="multipart",
+        description="How /images/edits gets references: multipart files, or JSON "
+        "images[].image_url data URLs.",
+    )
+    chat_modalities: bool = Field(
+        default=False,
+        description='Chat-image mode: also send modalities ["image", "text"] (OpenRouter).',
+    )
+    quality: str | None = Field(
+        default=None, description="Sent as quality on Images API requests when set."
+    )
     response_format: Literal["b64_json", "url"] | None = Field(
         default=None,
         description="None: b64_json, except for gpt-image models, which reject the field.",
@@ -92,11 +121,21 @@ class OpenAIOptions(ProviderOptions):
         default=None,
         description="Send this size whatever the aspect ratio (for upstreams with one size).",
     )
-    extra_headers: dict[str, str] = Field(default_factory=dict)
+    temperature: float | None = Field(
+        default=None, ge=0, le=2, description="Default temperature of text calls that give none."
+    )
+    max_tokens: int | None = Field(
+        default=None, gt=0, description="Default max_tokens of text calls that give none."
+    )
+    extra_headers: dict[str, str] = Field(
+        default_factory=dict, description="Sent with every upstream call."
+    )
     timeout: float | None = Field(
         default=None, gt=0, description="Seconds per call; None keeps the gateway's default."
     )
-    max_download_bytes: int = Field(default=30 * 1024 * 1024, gt=0)
+    max_download_bytes: int = Field(
+        default=30 * 1024 * 1024, gt=0, description="Largest image accepted, per image."
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -288,6 +327,8 @@ def build_generation_payload(request: ImageRequest, model: str, options: OpenAIO
         "n": request.n,
         "size": size_for(model, request.aspect_ratio, options.image_size or request.size),
     }
+    if options.quality:
+        payload["quality"] = options.quality
     response_format = response_format_for(model, options.response_format)
     if response_format is not None:
         payload["response_format"] = response_format
@@ -306,6 +347,195 @@ def build_edit_files(references: tuple[ImageData, ...] | list[ImageData]) -> lis
 def build_edit_fields(payload: dict) -> dict[str, str]:
     """The multipart text fields of `POST /images/edits`, from a generation payload."""
     return {key: str(value) for key, value in payload.items()}
+
+
+def data_url(image: ImageData) -> str:
+    """`image` as a `data:` URL (pybase64: several times faster than `base64`)."""
+    return f"data:{image.mime};base64,{pybase64.b64encode(image.data).decode('ascii')}"
+
+
+def build_edit_json(payload: dict, references: tuple[ImageData, ...] | list[ImageData]) -> dict:
+    """The JSON body of `POST /images/edits` (`edits_format: json`), from a generation payload.
+
+    OpenAI's JSON edits take `images`, a list of image references `{"image_url": URL}` or
+    `{"file_id": ...}`, where the URL may be a `data:` URL; not the multipart `image` field.
+    """
+    return {**payload, "images": [{"image_url": data_url(ref)} for ref in references]}
+
+
+def encode_json(body: dict) -> bytes:
+    """A request body as compact JSON bytes (may hold megabytes of base64: run in a thread)."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _encode_edit_json(payload: dict, references: tuple[ImageData, ...]) -> bytes:
+    return encode_json(build_edit_json(payload, references))
+
+
+def chat_image_prompt(request: ImageRequest, explicit_size: str | None = None) -> str:
+    """The text sent to a chat image model: the prompt plus the aspect ratio (and size).
+
+    Chat image models take no `size` field, so the shape is asked for in words.
+    """
+    _parse_ratio(request.aspect_ratio)  # reject a malformed ratio like the Images API path
+    hint = f"\n\nAspect ratio: {request.aspect_ratio.strip()}"
+    size = explicit_size or request.size
+    if size:
+        hint += f"\nSize: {size.strip()}"
+    return request.prompt + hint
+
+
+def build_chat_image_payload(request: ImageRequest, model: str, options: OpenAIOptions) -> dict:
+    """The body of `POST /chat/completions` for a chat image model.
+
+    One user message: the prompt with the aspect-ratio hint as a text part, then one
+    `image_url` part (a data URL) per reference, most important first. `modalities` is
+    only sent when `chat_modalities` is on: OpenRouter needs it, some relays reject it.
+    """
+    content: list[dict] = [{"type": "text", "text": chat_image_prompt(request, options.image_size)}]
+    content += [
+        {"type": "image_url", "image_url": {"url": data_url(ref)}} for ref in request.references
+    ]
+    payload: dict[str, Any] = {
+        "model": model,
+        "messages": [{"role": "user", "content": content}],
+        "stream": False,
+    }
+    if options.chat_modalities:
+        payload["modalities"] = ["image", "text"]
+    return payload
+
+
+_IMAGE_PART_TYPES = frozenset({"image_url", "output_image", "image"})
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
+_MD_IMAGE = re.compile(
+    r"!\[[^\]\n]{0,1000}\]\(\s*<?(data:image/[\w.+-]+;base64,[A-Za-z0-9+/=_-]+|https?://[^\s)>]+)"
+)
+_BARE_DATA = re.compile(r"data:image/[\w.+-]+;base64,[A-Za-z0-9+/=_-]{16,}")
+_BARE_URL = re.compile(r"https?://[^\s<>\"'()\[\]]+")
+# Gemini finish reasons passed through by relays, and OpenAI's, that mean a safety block.
+_SAFETY_FINISH = frozenset(
+    {"content_filter", "safety", "image_safety", "prohibited_content", "blocklist", "spii"}
+)
+
+
+def _usable_url(value: Any) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("url")
+    if isinstance(value, str):
+        value = value.strip()
+        if value.startswith(("data:", "http://", "https://")):
+            return value
+    return None
+
+
+def _image_item_url(item: Any) -> str | None:
+    """The URL of one image item or content part: a string, `{"image_url": {"url"}}`,
+    `{"image_url": "..."}`, `{"url": "..."}` or `{"b64_json": ...}`."""
+    if not isinstance(item, dict):
+        return _usable_url(item)
+    url = _usable_url(item.get("image_url")) or _usable_url(item.get("url"))
+    if url is None and isinstance(item.get("b64_json"), str) and item["b64_json"]:
+        mime = item.get("mime_type") or item.get("media_type") or "image/png"
+        url = f"data:{mime};base64,{item['b64_json']}"
+    return url
+
+
+def _images_in_text(text: str) -> list[str]:
+    """Image URLs in answer text, best kind first: markdown data URLs, markdown http URLs,
+    bare data URLs, bare http URLs that end in an image extension or fill their line."""
+    if "data:" not in text and "http" not in text:
+        return []
+    markdown = _MD_IMAGE.findall(text)
+    for found in (
+        [u for u in markdown if u.startswith("data:")],
+        [u for u in markdown if not u.startswith("data:")],
+        _BARE_DATA.findall(text),
+    ):
+        if found:
+            return found
+    lines = {line.strip() for line in text.splitlines()}
+    found = []
+    for match in _BARE_URL.findall(text):
+        url = match.rstrip(".,;:!?")
+        if urlsplit(url).path.lower().endswith(_IMAGE_SUFFIXES) or url in lines:
+            found.append(url)
+    return found
+
+
+def extract_chat_image(message: dict) -> list[str]:
+    """The images of a chat answer's `message`, as data URLs or http(s) URLs.
+
+    The first place that has any wins: `message.images[]` (OpenRouter), then image parts
+    of a list `content` (`image_url`, `output_image`, `image`, with `image_url` or
+    `b64_json`), then the text: markdown `![..](data:...)`, markdown `![..](https://...)`,
+    a bare `data:image/...;base64,...`, a bare http(s) URL. Empty when there is none.
+    """
+    if not isinstance(message, dict):
+        return []
+    images = message.get("images")
+    if isinstance(images, list):
+        found = [url for url in map(_image_item_url, images) if url]
+        if found:
+            return found
+    content = message.get("content")
+    if isinstance(content, list):
+        found = [
+            url
+            for part in content
+            if isinstance(part, dict) and part.get("type") in _IMAGE_PART_TYPES
+            if (url := _image_item_url(part))
+        ]
+        if found:
+            return found
+    return _images_in_text(_content_text(content))
+
+
+def decode_data_url(url: str, provider: str = "upstream") -> bytes:
+    """The bytes of a `data:` URL (base64 or percent-encoded)."""
+    header, _, payload = url.partition(",")
+    if ";base64" in header.lower():
+        return _b64decode(payload, provider)
+    return unquote_to_bytes(payload)
+
+
+def parse_chat_image_response(data: Any, provider: str = "upstream") -> list[str | bytes]:
+    """The images of a chat image model's answer: bytes for data URLs, http URLs (str)
+    to download.
+
+    No image: `ContentPolicyViolation` for a refusal or a safety finish reason, else a
+    non-retryable `UpstreamError` quoting the start of what the model said instead.
+    """
+    error = answer_error(data, provider)
+    if error is not None:
+        raise error
+    try:
+        choice = data["choices"][0]
+        message = choice["message"]
+    except (KeyError, IndexError, TypeError):
+        raise UpstreamError(
+            f"Upstream provider '{provider}' returned a chat answer without choices[0].message"
+        ) from None
+    urls = extract_chat_image(message) if isinstance(message, dict) else []
+    if urls:
+        return [decode_data_url(u, provider) if u.startswith("data:") else u for u in urls]
+    text = _content_text(message.get("content")) if isinstance(message, dict) else ""
+    refusal = message.get("refusal") if isinstance(message, dict) else None
+    finish = str(choice.get("finish_reason") or "").lower() if isinstance(choice, dict) else ""
+    if refusal or finish in _SAFETY_FINISH:
+        raise _refused(provider, f": {str(refusal or text or finish)[:200]}")
+    said = " ".join(text.split())[:200]
+    detail = f"; it said: {said}" if said else " and without text"
+    raise UpstreamError(
+        f"Upstream provider '{provider}' answered without an image{detail}",
+        code="upstream_no_image",
+        retryable=False,
+    )
+
+
+def parse_chat_image_body(content: bytes, provider: str = "upstream") -> list[str | bytes]:
+    """`parse_chat_image_response` on the raw body."""
+    return parse_chat_image_response(_parse_json(content, provider, "chat answer"), provider)
 
 
 def parse_images_response(data: Any, provider: str = "upstream") -> list[str | bytes]:
@@ -354,6 +584,9 @@ def _parse_json(content: bytes, provider: str, what: str) -> Any:
         message = f"Upstream provider '{provider}' returned malformed JSON ({what})"
         raise UpstreamError(message) from None
 
+
+# Chat answers smaller than this (no inline image) are parsed on the event loop.
+_INLINE_PARSE_BYTES = 64 * 1024
 
 _B64_KEY = b'"b64_json"'
 _JSON_SPACE = b" \t\r\n"
@@ -472,6 +705,16 @@ class OpenAIProvider(TextProvider, ImageProvider):
                     raise error
         response.raise_for_status()
 
+    def _sampling(
+        self, temperature: float | None, max_tokens: int | None
+    ) -> tuple[float | None, int | None]:
+        """The caller's sampling options, else the configured defaults."""
+        if temperature is None:
+            temperature = self.options.temperature
+        if max_tokens is None:
+            max_tokens = self.options.max_tokens
+        return temperature, max_tokens
+
     async def chat(
         self,
         messages: list[dict],
@@ -481,6 +724,7 @@ class OpenAIProvider(TextProvider, ImageProvider):
         max_tokens: int | None = None,
     ) -> str:
         model = model or self.options.text_model or DEFAULT_TEXT_MODEL
+        temperature, max_tokens = self._sampling(temperature, max_tokens)
         payload = build_chat_payload(messages, model, temperature, max_tokens, stream=False)
         with self._upstream():
             response = await self.http.post(
@@ -502,6 +746,7 @@ class OpenAIProvider(TextProvider, ImageProvider):
         max_tokens: int | None = None,
     ) -> AsyncIterator[str]:
         model = model or self.options.text_model or DEFAULT_TEXT_MODEL
+        temperature, max_tokens = self._sampling(temperature, max_tokens)
         payload = build_chat_payload(messages, model, temperature, max_tokens, stream=True)
         with self._upstream():
             async with self.http.stream(
@@ -529,34 +774,88 @@ class OpenAIProvider(TextProvider, ImageProvider):
 
     async def generate(self, request: ImageRequest) -> list[ImageData]:
         model = request.model or self.options.image_model or DEFAULT_IMAGE_MODEL
+        n = max(1, request.n)
+        if self.options.image_endpoint == "chat":
+            items = await self._generate_by_chat(request, model)
+        else:
+            items = await self._generate_by_images_api(request, model)
+        with self._upstream():
+            images = [
+                self._image(item if isinstance(item, bytes) else await self._download(item))
+                for item in items[:n]
+            ]
+        log.debug("provider %s: %d image(s) from %s", self.name, len(images), model)
+        return images
+
+    async def _generate_by_images_api(self, request: ImageRequest, model: str) -> list[str | bytes]:
         payload = build_generation_payload(request, model, self.options)
-        if request.references:
+        body: dict[str, Any]
+        if not request.references:
+            path, body = "/images/generations", {"json": payload}
+        elif self.options.edits_format == "json":
+            # The reference data URLs are megabytes of base64: built off the event loop.
             path = "/images/edits"
-            body: dict[str, Any] = {
+            encode = functools.partial(_encode_edit_json, payload, request.references)
+            body = {"content": await anyio.to_thread.run_sync(encode)}
+        else:
+            path = "/images/edits"
+            body = {
                 "data": build_edit_fields(payload),
                 "files": build_edit_files(request.references),
             }
-        else:
-            path, body = "/images/generations", {"json": payload}
         # base64 is 4/3 of the image, plus room for the JSON around it.
         limit = max(1, request.n) * (self.options.max_download_bytes * 4 // 3) + (1 << 20)
+        content = await self._post_for_images(path, body, limit, "images answer")
+        with self._upstream():
+            # base64 of several MB: decoded in a worker thread, never on the event loop
+            return await anyio.to_thread.run_sync(parse_images_body, content, self.name)
+
+    async def _generate_by_chat(self, request: ImageRequest, model: str) -> list[str | bytes]:
+        """`n` calls at once (a chat answer holds one image); their images in call order."""
+
+        def build() -> bytes:
+            return encode_json(build_chat_image_payload(request, model, self.options))
+
+        body = await anyio.to_thread.run_sync(build) if request.references else build()
+        limit = self.options.max_download_bytes * 4 // 3 + (1 << 20)
+
+        async def call() -> list[str | bytes]:
+            content = await self._post_for_images(
+                "/chat/completions", {"content": body}, limit, "chat image answer"
+            )
+            with self._upstream():
+                if len(content) < _INLINE_PARSE_BYTES:
+                    return parse_chat_image_body(content, self.name)
+                return await anyio.to_thread.run_sync(parse_chat_image_body, content, self.name)
+
+        if request.n <= 1:
+            return await call()
+        tasks = [asyncio.ensure_future(call()) for _ in range(request.n)]
+        try:
+            results = await asyncio.gather(*tasks)
+        except BaseException:
+            # One failure fails the request: stop the other calls instead of paying for them.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        return [item for items in results for item in items]
+
+    async def _post_for_images(
+        self, path: str, body: dict[str, Any], limit: int, what: str
+    ) -> bytes:
+        """POST an image request and return the raw answer (at most `limit` bytes)."""
+        headers = self._headers
+        if "content" in body:  # pre-encoded JSON
+            headers = {"Content-Type": "application/json", **self._headers}
         with self._upstream():
             async with self.http.stream(
-                "POST", self._url(path), headers=self._headers, timeout=self._timeout, **body
+                "POST", self._url(path), headers=headers, timeout=self._timeout, **body
             ) as response:
                 if not response.is_success:
                     await response.aread()
                     self._check_answer(response)
-                content = await self._read_body(response, limit, "images answer")
-            # base64 of several MB: decoded in a worker thread, never on the event loop
-            items = await anyio.to_thread.run_sync(parse_images_body, content, self.name)
-            del content  # the decoded images replace it; keep the peak memory down
-            images = [
-                self._image(item if isinstance(item, bytes) else await self._download(item))
-                for item in items[: max(1, request.n)]
-            ]
-        log.debug("provider %s: %d image(s) from %s", self.name, len(images), model)
-        return images
+                return await self._read_body(response, limit, what)
 
     async def _read_body(self, response: httpx.Response, limit: int, what: str) -> bytes:
         """The whole body, refusing more than `limit` bytes.

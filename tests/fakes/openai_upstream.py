@@ -6,7 +6,14 @@ for the benchmark (as a real process).
 
 Speaks the real wire format: `chat.completion` / `chat.completion.chunk` objects (SSE
 with `data: [DONE]`), the Images API answer `{"created", "data": [{"b64_json"} | {"url"}],
-"usage"}` and OpenAI error bodies. The outline is in RedInk format: pages separated by a
+"usage"}` and OpenAI error bodies. `/images/edits` takes multipart (`image` / `image[]`)
+or, with `Content-Type: application/json`, OpenAI's JSON edits body (`images: [{"image_url"}
+| {"file_id"}]`), checked strictly: a wrong shape is a 400 OpenAI error.
+
+A chat model whose name contains "image" (`gemini-2.5-flash-image`) is an image model:
+`/chat/completions` answers one PNG (never streamed, whatever `stream` says), shaped by
+`chat_image_style`, and checks that every `image_url` part of the request is an http(s) URL
+or a data URL of a real image. The outline is in RedInk format: pages separated by a
 `<page>` line, each starting `[封面]`, `[内容]` or `[总结]`; the page count comes from a
 `Pages: exactly N` line in the last user message, else `outline_pages`.
 
@@ -22,7 +29,14 @@ Everything a test may look at or change lives in `app.state`:
   per request, answered at once with an OpenAI error body; 429 carries `Retry-After:
   retry_after`), `content_policy` (image requests get a 400 `content_policy_violation`),
   `reject_response_format_for_gpt_image` (like OpenAI: 400 when a `gpt-image*` model is
-  sent `response_format`; default True).
+  sent `response_format`; default True). `content_policy` also refuses chat image calls.
+- `chat_image_style`, how a chat image model answers: `images_field` (OpenRouter:
+  `message.images[{"type": "image_url", "image_url": {"url": "data:..."}}]`, the default),
+  `content_parts` (a text part and an `image_url` part in `content`), `markdown_data`
+  (`![image](data:image/png;base64,...)` in the text), `markdown_url` (`![image](http://.../
+  files/img-N.png)`, served by `/files/`), `bare_data` (the data URL alone as content),
+  `text_only` (no image: a refusal in words, `CHAT_IMAGE_REFUSAL`).
+- `quality` is accepted on image requests when one of `QUALITIES`.
 
 The PNG is built once per (width, height, size) and cached; each answer only varies a
 small trailing tEXt chunk (a serial number), so every image is distinct while the fake
@@ -54,6 +68,25 @@ from starlette.routing import Route
 
 DEFAULT_API_KEY = "sk-fake-upstream"
 MAX_STORED_FILES = 64  # URL answers kept for download (each may be ~2 MB)
+CHAT_IMAGE_STYLES = (
+    "images_field",
+    "content_parts",
+    "markdown_data",
+    "markdown_url",
+    "bare_data",
+    "text_only",
+)
+CHAT_IMAGE_REFUSAL = "I can't draw that, but here is a description: a calm flat-lay in warm light."
+QUALITIES = ("auto", "low", "medium", "high", "standard", "hd")
+# OpenAI's JSON edits body; anything else is an unknown parameter.
+_JSON_EDIT_FIELDS = frozenset(
+    {
+        "model", "prompt", "images", "mask", "n", "size", "quality", "response_format",
+        "background", "input_fidelity", "moderation", "output_compression", "output_format",
+        "partial_images", "stream", "user",
+    }
+)  # fmt: skip
+_DATA_URL = re.compile(r"^data:(image/[\w.+-]+);base64,([A-Za-z0-9+/=]+)$")
 
 _PAGES = re.compile(r"pages:\s*exactly\s*(\d+)", re.IGNORECASE)
 _TOPIC = re.compile(r"(?:topic|主题)\s*[:：]\s*(.+)", re.IGNORECASE)
@@ -239,6 +272,24 @@ async def _json_body(request: Request) -> tuple[Any, JSONResponse | None]:
         return None, openai_error(400, "We could not parse the JSON body of your request.")
 
 
+def _data_url_problem(url: Any) -> str | None:
+    """Why `url` is not an http(s) URL or a base64 data URL of a PNG/JPEG/WebP, or None."""
+    if not isinstance(url, str):
+        return "must be a string"
+    if url.startswith(("http://", "https://")):
+        return None
+    match = _DATA_URL.match(url)
+    if match is None:
+        return "must be an http(s) URL or a base64 data URL"
+    try:
+        data = base64.b64decode(match[2], validate=True)
+    except ValueError:
+        return "has invalid base64"
+    if _mime(data) is None:
+        return "is not a PNG, JPEG or WebP image"
+    return None
+
+
 def _mime(data: bytes) -> str | None:
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return "image/png"
@@ -280,6 +331,8 @@ async def chat_completions(request: Request) -> Response:
     if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
         return openai_error(400, "'messages' is a required property", param="messages")
     model = str(body.get("model") or "gpt-4o-mini")
+    if "image" in model.lower():
+        return await _chat_image_answer(request, body, model)
     text = outline_for(_last_user_text(body["messages"]), state.outline_pages)
     cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
@@ -340,6 +393,94 @@ async def chat_completions(request: Request) -> Response:
     )
 
 
+def _chat_image_problem(body: dict) -> JSONResponse | None:
+    modalities = body.get("modalities")
+    if modalities is not None and (
+        not isinstance(modalities, list) or not set(modalities) <= {"image", "text"}
+    ):
+        return openai_error(400, "'modalities' must be a list of 'image' and 'text'.")
+    for i, message in enumerate(body["messages"]):
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            continue
+        if not isinstance(content, list):
+            return openai_error(400, f"Invalid 'messages[{i}].content'.", param="messages")
+        for j, part in enumerate(content):
+            where = f"messages[{i}].content[{j}]"
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text" and isinstance(part.get("text"), str):
+                continue
+            if kind != "image_url" or not isinstance(part.get("image_url"), dict):
+                return openai_error(400, f"Invalid '{where}'.", param="messages")
+            problem = _data_url_problem(part["image_url"].get("url"))
+            if problem is not None:
+                return openai_error(400, f"'{where}.image_url.url' {problem}.", param="messages")
+    return None
+
+
+async def _chat_image_answer(request: Request, body: dict, model: str) -> Response:
+    """An image model's chat answer, in the style `state.chat_image_style`."""
+    state = request.app.state
+    bad = _chat_image_problem(body)
+    if bad is not None:
+        return bad
+    style = state.chat_image_style
+    if style not in CHAT_IMAGE_STYLES:
+        raise ValueError(f"unknown chat_image_style {style!r}")
+    if state.content_policy:
+        return openai_error(
+            400,
+            "The request was blocked by the safety system.",
+            code="content_policy_violation",
+        )
+    state.images_in_flight += 1
+    state.max_images_in_flight = max(state.max_images_in_flight, state.images_in_flight)
+    try:
+        await asyncio.sleep(float(state.image_latency))
+    finally:
+        state.images_in_flight -= 1
+
+    png: FakePng = state.png
+    state.serial += 1
+    serial = state.serial
+    # The big base64 goes in by bytes replacement, not through json.dumps.
+    marker = "@@IMAGE@@"
+    data_url = "data:image/png;base64," + marker
+    message: dict[str, Any] = {"role": "assistant", "content": "Here is your image."}
+    if style == "images_field":
+        message["images"] = [{"type": "image_url", "image_url": {"url": data_url}}]
+    elif style == "content_parts":
+        message["content"] = [
+            {"type": "text", "text": "Here is your image."},
+            {"type": "image_url", "image_url": {"url": data_url}},
+        ]
+    elif style == "markdown_data":
+        message["content"] = f"Here is your image:\n\n![image]({data_url})"
+    elif style == "markdown_url":
+        name = f"img-{serial}"
+        state.files[name] = png.png(serial)
+        while len(state.files) > MAX_STORED_FILES:
+            state.files.popitem(last=False)
+        url = f"{str(request.base_url).rstrip('/')}/files/{name}.png"
+        message["content"] = f"Here is your image:\n\n![image]({url})"
+    elif style == "bare_data":
+        message["content"] = data_url
+    else:  # text_only
+        message["content"] = CHAT_IMAGE_REFUSAL
+    answer = {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 1290, "total_tokens": 1300},
+    }
+    content = json.dumps(answer, ensure_ascii=False).encode()
+    return Response(
+        content.replace(marker.encode(), png.b64(serial)), media_type="application/json"
+    )
+
+
 # --- images ----------------------------------------------------------------------------
 
 
@@ -358,11 +499,55 @@ async def images_generations(request: Request) -> Response:
     return await _images_answer(request, body)
 
 
+def _json_edit_problem(body: Any) -> JSONResponse | None:
+    """What is wrong with a JSON edits body, as OpenAI would say it, or None."""
+    if not isinstance(body, dict):
+        return openai_error(400, "The body must be a JSON object.")
+    for key in body:
+        if key not in _JSON_EDIT_FIELDS:
+            hint = " JSON edits take 'images'." if key in ("image", "image[]") else ""
+            return openai_error(
+                400, f"Unknown parameter: '{key}'.{hint}", code="unknown_parameter", param=key
+            )
+    images = body.get("images")
+    if not isinstance(images, list) or not 1 <= len(images) <= 16:
+        return openai_error(400, "'images' must be a list of 1 to 16 images.", param="images")
+    for i, ref in enumerate(images):
+        where = f"images[{i}]"
+        if not isinstance(ref, dict) or len(ref) != 1 or not {"image_url", "file_id"} & set(ref):
+            message = f"'{where}' must be an object with exactly one of image_url or file_id."
+            return openai_error(400, message, param=where)
+        if "file_id" in ref:
+            if not isinstance(ref["file_id"], str) or not ref["file_id"]:
+                return openai_error(400, f"'{where}.file_id' must be a string.", param=where)
+            continue
+        problem = _data_url_problem(ref["image_url"])
+        if problem is not None:
+            return openai_error(400, f"'{where}.image_url' {problem}.", param=where)
+    n = body.get("n", 1)
+    if not isinstance(n, int) or isinstance(n, bool):
+        return openai_error(400, "'n' must be an integer.", param="n")
+    return None
+
+
 async def images_edits(request: Request) -> Response:
     state = request.app.state
     # Latency counts from arrival: this fake's pure-Python multipart parsing is far
     # slower than a real upstream's and must not be billed to the gateway.
     request.state.arrived = time.monotonic()
+    if request.headers.get("content-type", "").lower().startswith("application/json"):
+        body, bad = await _json_body(request)
+        _record(request, json=body)
+        state.image_requests += 1
+        denied = _unauthorized(request)
+        if denied is not None:
+            return denied
+        if bad is not None:
+            return bad
+        bad = _json_edit_problem(body)
+        if bad is not None:
+            return bad
+        return await _images_answer(request, body)
     fields: dict[str, str] = {}
     files: list[dict] = []
     try:
@@ -424,6 +609,10 @@ async def _images_answer(request: Request, params: dict) -> Response:
             )
     if response_format not in (None, "b64_json", "url"):
         return openai_error(400, "Invalid 'response_format'.", param="response_format")
+    quality = params.get("quality")
+    if quality is not None and quality not in QUALITIES:
+        message = f"Invalid 'quality': expected one of {', '.join(QUALITIES)}."
+        return openai_error(400, message, param="quality")
     if state.content_policy:
         return openai_error(
             400,
@@ -541,6 +730,7 @@ def create_fake_openai(
     state.retry_after = 1
     state.content_policy = False
     state.reject_response_format_for_gpt_image = True
+    state.chat_image_style = "images_field"
     state.serial = 0
     state.files = OrderedDict()
     return app

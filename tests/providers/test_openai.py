@@ -23,17 +23,27 @@ from providers.base import ImageData, ImageRequest
 from providers.openai import (
     OpenAIOptions,
     OpenAIProvider,
+    build_chat_image_payload,
     build_chat_payload,
     build_edit_files,
+    build_edit_json,
     build_generation_payload,
     cut_b64_values,
+    data_url,
+    extract_chat_image,
+    parse_chat_image_response,
     parse_chat_response,
     parse_images_body,
     parse_images_response,
     parse_stream_line,
     size_for,
 )
-from tests.fakes.openai_upstream import DEFAULT_API_KEY, create_fake_openai, fake_png
+from tests.fakes.openai_upstream import (
+    CHAT_IMAGE_REFUSAL,
+    DEFAULT_API_KEY,
+    create_fake_openai,
+    fake_png,
+)
 
 PNG = fake_png(1080, 1440, 0).png(1)
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 64
@@ -513,3 +523,275 @@ async def test_download_failure_status(relay):
     router.get("http://relay.test/files/gone.png").respond(404)
     with pytest.raises(UpstreamError, match=r"downloading the generated image failed \(404\)"):
         await provider.generate(ImageRequest(prompt="p"))
+
+
+# --- options added for relays ----------------------------------------------------------
+
+
+def test_new_option_defaults_and_validation():
+    options = OpenAIOptions()
+    assert (options.image_endpoint, options.edits_format) == ("images", "multipart")
+    assert options.quality is options.temperature is options.max_tokens is None
+    assert options.chat_modalities is False
+    for bad in ({"image_endpoint": "completions"}, {"edits_format": "form"},
+                {"temperature": -1}, {"max_tokens": 0}):  # fmt: skip
+        with pytest.raises(ValueError):
+            OpenAIOptions(**bad)
+    assert all(field.description for field in OpenAIOptions.model_fields.values())
+
+
+def test_generation_payload_quality():
+    request = ImageRequest(prompt="p")
+    assert "quality" not in build_generation_payload(request, "gpt-image-1", OpenAIOptions())
+    payload = build_generation_payload(request, "gpt-image-1", OpenAIOptions(quality="high"))
+    assert payload["quality"] == "high"
+
+
+def test_edit_json_shape():
+    refs = (ImageData.from_bytes(PNG), ImageData.from_bytes(JPEG))
+    payload = {"model": "gpt-image-1", "prompt": "p", "n": 1, "size": "1024x1536"}
+    body = build_edit_json(payload, refs)
+    assert body == {
+        **payload,
+        "images": [{"image_url": refs[0].data_url()}, {"image_url": refs[1].data_url()}],
+    }
+    assert body["images"][1]["image_url"].startswith("data:image/jpeg;base64,")
+
+
+def test_chat_image_payload():
+    refs = (ImageData.from_bytes(PNG), ImageData.from_bytes(JPEG))
+    request = ImageRequest(prompt="a cover", references=refs, aspect_ratio="3:4")
+    payload = build_chat_image_payload(request, "gemini-2.5-flash-image", OpenAIOptions())
+    assert payload == {
+        "model": "gemini-2.5-flash-image",
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "a cover\n\nAspect ratio: 3:4"},
+                    {"type": "image_url", "image_url": {"url": refs[0].data_url()}},
+                    {"type": "image_url", "image_url": {"url": refs[1].data_url()}},
+                ],
+            }
+        ],
+        "stream": False,
+    }
+    options = OpenAIOptions(chat_modalities=True, image_size="1024x1536")
+    payload = build_chat_image_payload(ImageRequest(prompt="p"), "m", options)
+    assert payload["modalities"] == ["image", "text"]
+    assert payload["messages"][0]["content"] == [
+        {"type": "text", "text": "p\n\nAspect ratio: 3:4\nSize: 1024x1536"}
+    ]
+    with pytest.raises(InvalidRequest):
+        build_chat_image_payload(ImageRequest(prompt="p", aspect_ratio="tall"), "m", options)
+
+
+DATA = "data:image/png;base64," + base64.b64encode(PNG).decode()
+CDN = "https://cdn.test/out/a1.png"
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        # OpenRouter: message.images[]
+        ({"content": "", "images": [{"type": "image_url", "image_url": {"url": DATA}}]}, [DATA]),
+        ({"images": [{"url": CDN}, DATA]}, [CDN, DATA]),
+        # content parts
+        ({"content": [{"type": "text", "text": "ok"},
+                      {"type": "image_url", "image_url": {"url": DATA}}]}, [DATA]),
+        ({"content": [{"type": "output_image", "image_url": CDN}]}, [CDN]),
+        ({"content": [{"type": "image", "b64_json": DATA.partition(",")[2]}]}, [DATA]),
+        ({"content": [{"type": "text", "text": f"![x]({DATA})"}]}, [DATA]),
+        # text
+        ({"content": f"Here:\n\n![image]({DATA})"}, [DATA]),
+        ({"content": f"Here: ![a cat]( <{CDN}> )"}, [CDN]),
+        ({"content": f'![a]({CDN} "title")'}, [CDN]),
+        ({"content": DATA}, [DATA]),
+        ({"content": f"Done: {CDN}."}, [CDN]),
+        ({"content": "Done:\nhttps://cdn.test/file?id=7\n"}, ["https://cdn.test/file?id=7"]),
+        # preference: images[] over content, markdown data over markdown http
+        ({"content": f"![a]({CDN})", "images": [{"image_url": {"url": DATA}}]}, [DATA]),
+        ({"content": f"![a]({CDN}) ![b]({DATA})"}, [DATA]),
+        # nothing usable
+        ({"content": "See https://example.com/docs for details."}, []),
+        ({"content": "I cannot draw that."}, []),
+        ({"content": None, "images": [{"image_url": {"url": "ftp://x/y.png"}}]}, []),
+        ({"content": [{"type": "text", "text": "no"}]}, []),
+    ],
+)  # fmt: skip
+def test_extract_chat_image(message, expected):
+    assert extract_chat_image(message) == expected
+
+
+def _chat_answer(message: dict, finish: str = "stop") -> dict:
+    return {"choices": [{"index": 0, "message": message, "finish_reason": finish}]}
+
+
+def test_parse_chat_image_response():
+    answer = _chat_answer({"content": f"![a]({DATA})"})
+    assert parse_chat_image_response(answer) == [PNG]
+    assert parse_chat_image_response(_chat_answer({"content": CDN})) == [CDN]
+    with pytest.raises(UpstreamError) as err:
+        parse_chat_image_response(_chat_answer({"content": "I can't draw people. " * 30}))
+    assert not err.value.retryable and err.value.code == "upstream_no_image"
+    assert "it said: I can't draw people." in err.value.message
+    assert len(err.value.message) < 300  # the text is cut to 200 characters
+    with pytest.raises(UpstreamError, match="without an image and without text"):
+        parse_chat_image_response(_chat_answer({"content": ""}))
+    with pytest.raises(ContentPolicyViolation):
+        parse_chat_image_response(_chat_answer({"content": None}, finish="IMAGE_SAFETY"))
+    with pytest.raises(ContentPolicyViolation):
+        parse_chat_image_response(_chat_answer({"content": None, "refusal": "no"}))
+    with pytest.raises(UpstreamError, match="without choices"):
+        parse_chat_image_response({"choices": []})
+    with pytest.raises(UpstreamError, match="invalid base64"):
+        parse_chat_image_response(_chat_answer({"images": ["data:image/png;base64,\u00e9"]}))
+
+
+# --- chat-image mode against the fake --------------------------------------------------
+
+CHAT_IMAGE_MODEL = "gemini-2.5-flash-image"
+
+
+@pytest.mark.parametrize(
+    "style", ["images_field", "content_parts", "markdown_data", "markdown_url", "bare_data"]
+)
+async def test_chat_image_mode(make_provider, fake, style):
+    fake.state.chat_image_style = style
+    provider = make_provider(image_endpoint="chat", image_model=CHAT_IMAGE_MODEL)
+    refs = (ImageData.from_bytes(PNG), ImageData.from_bytes(JPEG))
+    request = ImageRequest(prompt="a cover", references=refs, aspect_ratio="3:4")
+    [image] = await provider.generate(request)
+    assert image.mime == "image/png"
+    assert Image.open(io.BytesIO(image.data)).size == (1080, 1440)
+    [sent] = fake.state.requests  # the markdown_url download is not recorded
+    assert sent["path"] == "/v1/chat/completions"
+    assert sent["headers"]["content-type"] == "application/json"
+    assert sent["headers"]["authorization"] == f"Bearer {DEFAULT_API_KEY}"
+    assert sent["json"] == {
+        "model": CHAT_IMAGE_MODEL,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "a cover\n\nAspect ratio: 3:4"},
+                    {"type": "image_url", "image_url": {"url": data_url(refs[0])}},
+                    {"type": "image_url", "image_url": {"url": data_url(refs[1])}},
+                ],
+            }
+        ],
+        "stream": False,
+    }
+    assert len(fake.state.files) == (style == "markdown_url")
+
+
+async def test_chat_image_mode_text_answer_is_not_retried(make_provider, fake):
+    fake.state.chat_image_style = "text_only"
+    provider = make_provider(image_endpoint="chat", image_model=CHAT_IMAGE_MODEL)
+    with pytest.raises(UpstreamError) as err:
+        await provider.generate(ImageRequest(prompt="p"))
+    assert not err.value.retryable and CHAT_IMAGE_REFUSAL[:60] in err.value.message
+
+
+async def test_chat_image_mode_modalities_and_n(make_provider, fake):
+    fake.state.image_latency = 0.02
+    provider = make_provider(
+        image_endpoint="chat", image_model=CHAT_IMAGE_MODEL, chat_modalities=True
+    )
+    images = await provider.generate(ImageRequest(prompt="p", n=2))
+    assert len(images) == 2 and images[0].data != images[1].data
+    assert fake.state.max_images_in_flight == 2  # n calls at once
+    assert [r["json"]["modalities"] for r in fake.state.requests] == [["image", "text"]] * 2
+    assert [r["json"]["messages"][0]["content"] for r in fake.state.requests] == [
+        [{"type": "text", "text": "p\n\nAspect ratio: 3:4"}]
+    ] * 2
+
+
+async def test_chat_image_mode_errors(make_provider, fake):
+    provider = make_provider(image_endpoint="chat", image_model=CHAT_IMAGE_MODEL)
+    fake.state.fail_next_chat.append(503)
+    with pytest.raises(UpstreamError) as err:
+        await provider.generate(ImageRequest(prompt="p", n=2))
+    assert err.value.retryable
+    fake.state.content_policy = True
+    with pytest.raises(ContentPolicyViolation):
+        await provider.generate(ImageRequest(prompt="p"))
+
+
+async def test_fake_chat_image_rejects_bad_image_parts(http):
+    headers = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}
+    part = {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}}
+    body = {"model": CHAT_IMAGE_MODEL, "messages": [{"role": "user", "content": [part]}]}
+    response = await http.post("/v1/chat/completions", json=body, headers=headers)
+    assert response.status_code == 400
+    assert "not a PNG" in response.json()["error"]["message"]
+
+
+# --- JSON edits, quality, text defaults ------------------------------------------------
+
+
+async def test_json_edits(make_provider, fake):
+    provider = make_provider(edits_format="json", quality="high")
+    refs = (ImageData.from_bytes(PNG), ImageData.from_bytes(JPEG))
+    [image] = await provider.generate(ImageRequest(prompt="same style", references=refs))
+    assert image.mime == "image/png"
+    [sent] = fake.state.requests
+    assert sent["path"] == "/v1/images/edits"
+    assert sent["headers"]["content-type"] == "application/json"
+    assert sent["fields"] is None and sent["files"] is None  # no multipart
+    assert sent["json"] == {
+        "model": "gpt-image-1",
+        "prompt": "same style",
+        "n": 1,
+        "size": "1024x1536",
+        "quality": "high",
+        "images": [{"image_url": data_url(refs[0])}, {"image_url": data_url(refs[1])}],
+    }
+
+
+async def test_json_edits_for_a_relay_model_keep_response_format(make_provider, fake):
+    provider = make_provider(edits_format="json", image_model="flux-kontext")
+    await provider.generate(ImageRequest(prompt="p", references=(ImageData.from_bytes(PNG),)))
+    assert fake.state.requests[-1]["json"]["response_format"] == "b64_json"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"image": "x"}, "Unknown parameter: 'image'"),
+        ({"images": []}, "'images' must be a list"),
+        ({"images": ["data:image/png;base64,AAAA"]}, "exactly one of image_url or file_id"),
+        ({"images": [{"image_url": "x", "file_id": "f"}]}, "exactly one of"),
+        ({"images": [{"image_url": "data:image/png;base64,aGVsbG8="}]}, "not a PNG"),
+        ({"images": [{"image_url": "/tmp/a.png"}]}, "http(s) URL or a base64 data URL"),
+        ({"n": "1"}, "'n' must be an integer"),
+        ({"quality": "ultra"}, "Invalid 'quality'"),
+    ],
+)
+async def test_fake_json_edits_are_strict(http, change, message):
+    body = {"model": "gpt-image-1", "prompt": "p", "images": [{"image_url": DATA}]}
+    headers = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}
+    response = await http.post("/v1/images/edits", json={**body, **change}, headers=headers)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert message in error["message"] and error["type"] == "invalid_request_error"
+
+
+async def test_quality_is_sent(make_provider, fake):
+    provider = make_provider(quality="medium")
+    await provider.generate(ImageRequest(prompt="p"))
+    await provider.generate(ImageRequest(prompt="p", references=(ImageData.from_bytes(PNG),)))
+    generation, edit = fake.state.requests
+    assert generation["json"]["quality"] == "medium" and edit["fields"]["quality"] == "medium"
+    with pytest.raises(UpstreamError, match="Invalid 'quality'") as err:
+        await make_provider(quality="ultra").generate(ImageRequest(prompt="p"))
+    assert not err.value.retryable
+
+
+async def test_text_defaults_apply_when_the_caller_gives_none(make_provider, fake):
+    provider = make_provider(temperature=0.2, max_tokens=900)
+    await provider.chat(user("x"))
+    [d async for d in provider.stream_chat(user("x"))]
+    await provider.chat(user("x"), temperature=0.9, max_tokens=50)
+    sent = [(r["json"]["temperature"], r["json"]["max_tokens"]) for r in fake.state.requests]
+    assert sent == [(0.2, 900), (0.2, 900), (0.9, 50)]
