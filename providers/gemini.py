@@ -36,7 +36,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any, ClassVar, Literal
 from urllib.parse import unquote_to_bytes
 
@@ -51,7 +51,6 @@ from gateway.errors import (
     InvalidRequest,
     RateLimited,
     UpstreamError,
-    map_upstream_errors,
 )
 from providers.base import (
     ImageData,
@@ -61,6 +60,7 @@ from providers.base import (
     TextProvider,
     message_text,
 )
+from providers.http import read_limited, upstream_call
 from providers.registry import register
 
 log = logging.getLogger("inkgate.providers.gemini")
@@ -619,18 +619,9 @@ class GeminiProvider(TextProvider, ImageProvider):
     def _url(self, model: str, method: str) -> str:
         return f"{self.options.base_url}/v1beta/models/{_model_id(model)}:{method}"
 
-    @contextlib.contextmanager
-    def _upstream(self) -> Iterator[None]:
-        """`map_upstream_errors`, plus a guarantee that the API key never shows in a message
-        (Google quotes the key in some errors, e.g. "Consumer 'api_key:...' suspended")."""
-        try:
-            with map_upstream_errors(self.name):
-                yield
-        except GatewayError as exc:
-            if self._secret and self._secret in exc.message:
-                exc.message = exc.message.replace(self._secret, "[redacted]")
-                exc.args = (exc.message,)
-            raise
+    def _upstream(self) -> contextlib.AbstractContextManager[None]:
+        # Google quotes the key in some errors, e.g. "Consumer 'api_key:...' suspended".
+        return upstream_call(self.name, self._secret)
 
     def _raise_for_answer(self, response: httpx.Response) -> None:
         """Raise for an error answer (body read): Gemini's own cases first."""
@@ -665,22 +656,10 @@ class GeminiProvider(TextProvider, ImageProvider):
                 return await self._read_body(response)
 
     async def _read_body(self, response: httpx.Response) -> bytes:
-        """The whole body (chunks joined once), refusing more than `MAX_ANSWER_BYTES`."""
-        declared = response.headers.get("content-length", "")
-        too_large = UpstreamError(
-            f"Upstream provider '{self.name}' sent an answer larger than {MAX_ANSWER_BYTES} bytes",
-            retryable=False,
+        too_large = (
+            f"Upstream provider '{self.name}' sent an answer larger than {MAX_ANSWER_BYTES} bytes"
         )
-        if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
-            raise too_large
-        chunks: list[bytes] = []
-        total = 0
-        async for chunk in response.aiter_bytes():
-            total += len(chunk)
-            if total > MAX_ANSWER_BYTES:
-                raise too_large
-            chunks.append(chunk)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return await read_limited(response, MAX_ANSWER_BYTES, too_large)
 
     def _text_payload(
         self, messages: list[dict], temperature: float | None, max_tokens: int | None

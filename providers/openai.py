@@ -42,7 +42,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any, ClassVar, Literal
 from urllib.parse import unquote_to_bytes, urlsplit
 
@@ -56,7 +56,6 @@ from gateway.errors import (
     GatewayError,
     InvalidRequest,
     UpstreamError,
-    map_upstream_errors,
 )
 from providers.base import (
     ImageData,
@@ -65,6 +64,7 @@ from providers.base import (
     ProviderOptions,
     TextProvider,
 )
+from providers.http import read_limited, upstream_call
 from providers.registry import register
 
 log = logging.getLogger("inkgate.providers.openai")
@@ -682,17 +682,8 @@ class OpenAIProvider(TextProvider, ImageProvider):
     def _url(self, path: str) -> str:
         return f"{self.options.base_url}{path}"
 
-    @contextlib.contextmanager
-    def _upstream(self) -> Iterator[None]:
-        """`map_upstream_errors`, plus a guarantee that the API key never shows in a message."""
-        try:
-            with map_upstream_errors(self.name):
-                yield
-        except GatewayError as exc:
-            if self._secret and self._secret in exc.message:
-                exc.message = exc.message.replace(self._secret, "[redacted]")
-                exc.args = (exc.message,)
-            raise
+    def _upstream(self) -> contextlib.AbstractContextManager[None]:
+        return upstream_call(self.name, self._secret)
 
     def _check_answer(self, response: httpx.Response) -> None:
         """Raise for an error answer; needs the body read. Safety refusals by code first."""
@@ -858,22 +849,7 @@ class OpenAIProvider(TextProvider, ImageProvider):
                 return await self._read_body(response, limit, what)
 
     async def _read_body(self, response: httpx.Response, limit: int, what: str) -> bytes:
-        """The whole body, refusing more than `limit` bytes.
-
-        Joining the chunks here measured ~1 ms less CPU per 2.7 MB answer than
-        `response.aread()`, and lets the size limit stop a runaway body early.
-        """
-        declared = response.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise UpstreamError(self._too_large(what, limit), retryable=False)
-        chunks: list[bytes] = []
-        total = 0
-        async for chunk in response.aiter_bytes():
-            total += len(chunk)
-            if total > limit:
-                raise UpstreamError(self._too_large(what, limit), retryable=False)
-            chunks.append(chunk)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return await read_limited(response, limit, self._too_large(what, limit))
 
     def _image(self, data: bytes) -> ImageData:
         try:
