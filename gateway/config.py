@@ -86,6 +86,8 @@ class GatewayConfig:
     """Built providers and model definitions."""
 
     providers: dict[str, Provider] = field(default_factory=dict)
+    # calls in flight per provider (its `max_concurrency`); absent: no cap
+    provider_limits: dict[str, int] = field(default_factory=dict)
     post_models: dict[str, PostModelConfig] = field(default_factory=dict)
     image_models: dict[str, ImageModelConfig] = field(default_factory=dict)
 
@@ -189,14 +191,20 @@ def build_config(file: ConfigFile, http: httpx.AsyncClient) -> GatewayConfig:
     """Build every provider and check every model's references."""
     raw_providers = {"local": {"type": "local"}, **file.providers}
     providers: dict[str, Provider] = {}
+    limits: dict[str, int] = {}
     for name, entry in raw_providers.items():
         entry = dict(entry or {})
         type_name = entry.pop("type", None)
         if not type_name:
             raise ConfigError(f"provider {name!r}: missing 'type'")
+        limit = entry.pop("max_concurrency", None)
+        if limit is not None:
+            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+                raise ConfigError(f"provider {name!r}: max_concurrency must be a whole number >= 1")
+            limits[name] = limit
         providers[name] = build_provider(name, type_name, entry, http)
 
-    config = GatewayConfig(providers=providers)
+    config = GatewayConfig(providers=providers, provider_limits=limits)
     models = dict(file.models)
     if not any(isinstance(m, PostModelConfig) for m in models.values()):
         models.setdefault("redink", PostModelConfig())

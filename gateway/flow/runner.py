@@ -25,6 +25,7 @@ from gateway.flow.outline import OutlinePage, build_outline_messages, outline_te
 from gateway.flow.prompts import build_image_prompt
 from gateway.flow.reference import compact_reference, compact_references
 from gateway.settings import Settings
+from gateway.upstream_slots import UpstreamSlots
 from providers.base import ImageData, ImageRequest
 from storage.db import Database
 from storage.images import ImageStore
@@ -64,8 +65,10 @@ class FlowRunner:
         db: Database,
         images: ImageStore,
         config: Callable[[], GatewayConfig],
+        slots: UpstreamSlots | None = None,
     ) -> None:
         self.settings = settings
+        self.slots = slots or UpstreamSlots()
         self.db = db
         self.images = images
         self._config = config
@@ -104,6 +107,19 @@ class FlowRunner:
         self._tasks.add(run.task)
         run.task.add_done_callback(self._tasks.discard)
         return run
+
+    async def generate_image(self, provider_name: str, request: ImageRequest) -> list[ImageData]:
+        """One image call outside a post (plain image models): the provider's shared
+        concurrency cap, and retries with backoff on transient errors."""
+        config = self._config()
+        provider = config.image_provider(provider_name)
+        limit = config.provider_limits.get(provider_name)
+
+        async def call() -> list[ImageData]:
+            async with self.slots.slot(provider_name, limit):
+                return await provider.generate(request)
+
+        return await self._with_retries(call, what=f"image from {provider_name}")
 
     async def shutdown(self) -> None:
         tasks = list(self._tasks)
@@ -151,14 +167,20 @@ class FlowRunner:
     async def _plan_outline(
         self, post: Post, cfg: PostModelConfig, references: tuple[ImageData, ...]
     ) -> list[OutlinePage]:
-        provider = self._config().text_provider(cfg.text_provider)
+        config = self._config()
+        provider = config.text_provider(cfg.text_provider)
+        limit = config.provider_limits.get(cfg.text_provider)
         messages = build_outline_messages(
             post.topic, post.page_count, [ref.data_url() for ref in references]
         )
-        answer = await self._with_retries(
-            lambda: provider.chat(messages, model=cfg.text_model, temperature=cfg.temperature),
-            what=f"outline of {post.id}",
-        )
+
+        async def outline() -> str:
+            async with self.slots.slot(cfg.text_provider, limit):
+                return await provider.chat(
+                    messages, model=cfg.text_model, temperature=cfg.temperature
+                )
+
+        answer = await self._with_retries(outline, what=f"outline of {post.id}")
         pages = parse_outline(answer, max_pages=post.page_count)
         if not pages:
             raise UpstreamError("The text model returned no outline pages", retryable=False)
@@ -219,7 +241,9 @@ class FlowRunner:
         emit: Callable[[FlowEvent], None],
     ) -> ImageData | None:
         """Generate, store and record one page; None when it failed (never raises)."""
-        provider = self._config().image_provider(cfg.image_provider)
+        config = self._config()
+        provider = config.image_provider(cfg.image_provider)
+        limit = config.provider_limits.get(cfg.image_provider)
         request = ImageRequest(
             prompt=build_image_prompt(
                 page,
@@ -249,7 +273,8 @@ class FlowRunner:
         async def attempt() -> list[ImageData]:
             nonlocal attempts
             attempts += 1
-            return await provider.generate(request)
+            async with self.slots.slot(cfg.image_provider, limit):
+                return await provider.generate(request)
 
         try:
             images = await self._with_retries(attempt, what=f"page {page.index} of {post.id}")

@@ -142,15 +142,15 @@ async def _image_answer(
 ) -> AsyncIterator[Piece]:
     assert model.image is not None
     refs = await collect_references(messages, state.http, own_image_loader(state))
-    provider = state.config().image_provider(model.image.provider)
     yield Piece("⏳ …\n\n", progress=True)
-    images = await provider.generate(
+    images = await state.runner.generate_image(
+        model.image.provider,
         ImageRequest(
             prompt=prompt,
             references=refs,
             aspect_ratio=model.image.aspect_ratio,
             model=model.image.model,
-        )
+        ),
     )
     base = base_url(state.settings, request)
     for i, image in enumerate(images):

@@ -44,16 +44,16 @@ async def generate_images(body: ImageGenerationRequest, request: Request, key: C
 
     if model.kind == "image":
         assert model.image is not None
-        provider = config.image_provider(model.image.provider)
         explicit = body.size if body.size and body.size != "auto" else None
-        images = await provider.generate(
+        images = await state.runner.generate_image(
+            model.image.provider,
             ImageRequest(
                 prompt=body.prompt,
                 aspect_ratio=aspect_ratio_for_size(body.size, model.image.aspect_ratio),
                 size=explicit,
                 n=body.n or 1,
                 model=model.image.model,
-            )
+            ),
         )
         rows = [await state.images.put(img.data, owner_key_id=key.key_id) for img in images]
         data = [await _item(state, request, row, fmt, None) for row in rows]

@@ -115,7 +115,7 @@ class FakeImage(ImageProvider):
 
     async def generate(self, request: ImageRequest) -> list[ImageData]:
         script = SCRIPTS[self.options.script]
-        index = request.hints["page_index"]
+        index = request.hints.get("page_index", 0)  # plain image models send no hints
         script.image_calls.append(
             ImageCall(index, request.references, dict(request.hints), request.prompt)
         )
@@ -553,3 +553,31 @@ async def test_chat_answer_names_a_refused_page(client: httpx.AsyncClient, scrip
     assert content.count("![第") == 3
     assert body["post"]["status"] == "partial"
     assert [p["status"] for p in body["post"]["pages"]] == ["done", "done", "failed", "done"]
+
+
+async def test_provider_cap_is_shared_by_all_posts(app, services, script: Script) -> None:
+    # two posts of 6 pages, each allowed 3 at once, on a provider that allows 2
+    config = yaml.safe_load(services.settings.config_path.read_text())
+    config["providers"]["i"]["max_concurrency"] = 2
+    services.settings.config_path.write_text(yaml.safe_dump(config))
+    assert await app.state.config_source.reload_if_changed()
+    script.outline_pages = 6
+    script.delay = 0.03
+    runs = [await start(services), await start(services)]
+    for run in runs:
+        events = await drain(run)
+        assert events[-1].data["status"] == "completed"
+    assert script.max_in_flight == 2
+
+
+async def test_plain_image_model_is_retried(app, services, client, script: Script) -> None:
+    config = yaml.safe_load(services.settings.config_path.read_text())
+    config["models"]["poster"] = {"type": "image", "provider": "i"}
+    services.settings.config_path.write_text(yaml.safe_dump(config))
+    assert await app.state.config_source.reload_if_changed()
+    script.transient = {0: 2}  # the fake keys failures by hints["page_index"]
+    r = await client.post(
+        "/v1/images/generations", json={"model": "poster", "prompt": "x"}, timeout=30
+    )
+    assert r.status_code == 200, r.text
+    assert len(script.calls_for(0)) == 3
