@@ -127,8 +127,10 @@ def create_app(settings: Settings, *, announce: bool = False) -> FastAPI:
     install_error_handlers(app)
     for module in (openai_models, chat, images, posts, files, health):
         app.include_router(module.router)
+    from admin.api import router as admin_api
     from admin.routes import router as admin_router
 
     app.include_router(admin_router)
+    app.include_router(admin_api)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

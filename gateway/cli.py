@@ -120,6 +120,36 @@ async def _keys(args: argparse.Namespace) -> int:
         await db.dispose()
 
 
+async def _providers_test(args: argparse.Namespace) -> int:
+    import httpx
+
+    from gateway.config import ConfigError, ConfigSource
+    from gateway.probe import probe_all
+
+    settings = _settings(args)
+    async with httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.upstream_timeout, connect=15)
+    ) as http:
+        source = ConfigSource(settings.config_path, settings.data_dir, http, os.environ)
+        try:
+            await source.load()
+        except ConfigError as exc:
+            print(f"config error: {exc}", file=sys.stderr)
+            return 2
+        try:
+            reports = await probe_all(source.current, args.name, deep=args.deep)
+        except KeyError:
+            known = ", ".join(source.current.providers)
+            print(f"no provider named {args.name!r} (configured: {known})", file=sys.stderr)
+            return 2
+    for report in reports:
+        print(f"{'OK  ' if report.ok else 'FAIL'} {report.provider} ({report.type})")
+        for check in report.checks:
+            mark = "ok  " if check.ok else "FAIL"
+            print(f"     {mark} {check.check:<6} {check.latency_ms:>6} ms  {check.detail}")
+    return 0 if all(r.ok for r in reports) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inkgate", description="InkGate gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,6 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub.add_parser("list", help="list keys", parents=[data_dir])
     p_revoke = keys_sub.add_parser("revoke", help="revoke a key", parents=[data_dir])
     p_revoke.add_argument("id")
+    p_providers = sub.add_parser("providers", help="check the configured upstreams")
+    p_providers.add_argument("--data-dir", help="data directory (default ./data)")
+    prov_sub = p_providers.add_subparsers(dest="providers_command", required=True)
+    p_test = prov_sub.add_parser(
+        "test", help="a real, cheap call to each provider (or NAME)", parents=[data_dir]
+    )
+    p_test.add_argument("name", nargs="?", help="one provider (default: all)")
+    p_test.add_argument("--deep", action="store_true", help="also draw one small image")
     return parser
 
 
@@ -145,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "providers":
+        return asyncio.run(_providers_test(args))
     return asyncio.run(_keys(args))
 
 

@@ -102,6 +102,15 @@ class Provider:
         self.options = options
         self.http = http
 
+    async def list_models(self) -> list[str] | None:
+        """The model ids the upstream offers (a cheap credentials check), or None when the
+        upstream has no such list. Raises `GatewayError` subclasses like every call."""
+        return None
+
+    def configured_models(self) -> dict[str, str]:
+        """The models this provider's options name, by role ("text", "image")."""
+        return {}
+
 
 class TextProvider(Provider):
     """A chat model. Messages are in OpenAI form; images inside them are data URLs."""

@@ -619,6 +619,30 @@ class GeminiProvider(TextProvider, ImageProvider):
     def _url(self, model: str, method: str) -> str:
         return f"{self.options.base_url}/v1beta/models/{_model_id(model)}:{method}"
 
+    async def list_models(self) -> list[str] | None:
+        """`GET {base}/v1beta/models`: the model ids (without the `models/` prefix)."""
+        with self._upstream():
+            response = await self.http.get(
+                f"{self.options.base_url}/v1beta/models",
+                params={"pageSize": 1000},
+                headers=self._headers,
+                timeout=self._timeout,
+            )
+            self._raise_for_answer(response)
+        try:
+            return [_model_id(str(m["name"])) for m in response.json().get("models", [])]
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise UpstreamError(
+                f"Upstream provider '{self.name}' answered models.list with an unexpected body",
+                retryable=False,
+            ) from None
+
+    def configured_models(self) -> dict[str, str]:
+        return {
+            "text": self.options.text_model or DEFAULT_TEXT_MODEL,
+            "image": self.options.image_model or DEFAULT_IMAGE_MODEL,
+        }
+
     def _upstream(self) -> contextlib.AbstractContextManager[None]:
         # Google quotes the key in some errors, e.g. "Consumer 'api_key:...' suspended".
         return upstream_call(self.name, self._secret)

@@ -682,6 +682,27 @@ class OpenAIProvider(TextProvider, ImageProvider):
     def _url(self, path: str) -> str:
         return f"{self.options.base_url}{path}"
 
+    async def list_models(self) -> list[str] | None:
+        """`GET {base}/models`: the ids the API (or relay) offers."""
+        with self._upstream():
+            response = await self.http.get(
+                self._url("/models"), headers=self._headers, timeout=self._timeout
+            )
+            response.raise_for_status()
+        try:
+            return [str(item["id"]) for item in response.json().get("data", [])]
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise UpstreamError(
+                f"Upstream provider '{self.name}' answered /models with an unexpected body",
+                retryable=False,
+            ) from None
+
+    def configured_models(self) -> dict[str, str]:
+        return {
+            "text": self.options.text_model or DEFAULT_TEXT_MODEL,
+            "image": self.options.image_model or DEFAULT_IMAGE_MODEL,
+        }
+
     def _upstream(self) -> contextlib.AbstractContextManager[None]:
         return upstream_call(self.name, self._secret)
 

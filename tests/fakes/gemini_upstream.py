@@ -522,6 +522,28 @@ async def health(request: Request) -> Response:
 # --- the app ---------------------------------------------------------------------------
 
 
+MODELS = ("gemini-2.5-flash", "gemini-2.5-flash-image", "gemini-3-pro-image-preview")
+
+
+async def models_list(request: Request) -> JSONResponse:
+    """`models.list`, as Google answers it (first page only)."""
+    denied = _auth(request)
+    if denied is not None:
+        return denied
+    return JSONResponse(
+        {
+            "models": [
+                {
+                    "name": f"models/{name}",
+                    "displayName": name,
+                    "supportedGenerationMethods": ["generateContent", "countTokens"],
+                }
+                for name in MODELS
+            ]
+        }
+    )
+
+
 def create_fake_gemini(
     *,
     text_latency: float = 0.0,
@@ -533,6 +555,7 @@ def create_fake_gemini(
     """A fresh fake Gemini API. `image_bytes` is the PNG size to aim for (0: a small image)."""
     app = Starlette(
         routes=[
+            Route("/v1beta/models", models_list, methods=["GET"]),
             Route("/v1beta/models/{target}", models_call, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
         ]
