@@ -82,7 +82,11 @@ async def fetch_public_image(
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise InvalidRequest("Image URLs must be http(s) or data URLs", param=param)
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        addr = await resolve(parts.hostname, port)
+        try:
+            addr = await resolve(parts.hostname, port)
+        except InvalidRequest as exc:
+            exc.param = exc.param or param
+            raise
         netloc = f"[{addr}]" if ":" in addr else addr
         target = urlunsplit((parts.scheme, f"{netloc}:{port}", parts.path or "/", parts.query, ""))
         headers = {"Host": parts.netloc.rsplit("@", 1)[-1], "Accept": "image/*"}
@@ -149,15 +153,20 @@ async def collect_references(
                 raise InvalidRequest("image_url needs a 'url'", param=param)
             if len(refs) >= MAX_REFERENCES:
                 raise InvalidRequest(f"At most {MAX_REFERENCES} reference images", param=param)
-            if url.startswith("data:"):
-                refs.append(decode_data_url(url, param))
-                continue
-            own = _OWN_IMAGE.search(urlsplit(url).path)
-            if own:
-                image = await own_image(own.group(1))
-                if image is not None:
-                    refs.append(image)
-                    continue
-            refs.append(await fetch_public_image(http, url, param=param))
+            refs.append(await resolve_image_url(url, http, own_image, param))
         return tuple(refs)
     return ()
+
+
+async def resolve_image_url(
+    url: str, http: httpx.AsyncClient, own_image: OwnImageLoader, param: str
+) -> ImageData:
+    """The bytes behind an image URL: a data URL, one of our own images, or a public URL."""
+    if url.startswith("data:"):
+        return decode_data_url(url, param)
+    own = _OWN_IMAGE.search(urlsplit(url).path)
+    if own:
+        image = await own_image(own.group(1))
+        if image is not None:
+            return image
+    return await fetch_public_image(http, url, param=param)

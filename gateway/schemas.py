@@ -48,3 +48,21 @@ class ImageGenerationRequest(BaseModel):
     moderation: str | None = None
     output_format: str | None = None
     output_compression: int | None = None
+
+
+class ImageEditRequest(BaseModel):
+    """The fields of `/v1/images/edits` besides the images and mask (multipart or JSON)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=32000)
+    model: str | None = None
+    n: int | None = Field(default=None, ge=1, le=18)
+    size: str | None = Field(default=None, pattern=r"^(auto|\d{2,5}x\d{2,5})$")
+    response_format: Literal["url", "b64_json"] | None = None
+    quality: str | None = None
+    user: str | None = None
+    background: str | None = None
+    input_fidelity: str | None = None
+    output_format: str | None = None
+    output_compression: int | None = None

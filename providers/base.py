@@ -86,6 +86,9 @@ class ImageRequest:
     size: str | None = None
     n: int = 1
     model: str | None = None
+    # An edit mask (transparent where the image may change), for `/v1/images/edits`;
+    # providers that cannot use one raise `InvalidRequest` rather than ignore it.
+    mask: ImageData | None = None
     # Free-form hints for providers that can use them (e.g. page title and body
     # for the offline card renderer). Upstream providers ignore them.
     hints: dict[str, Any] = field(default_factory=dict)

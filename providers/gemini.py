@@ -744,6 +744,11 @@ class GeminiProvider(TextProvider, ImageProvider):
                         yield delta
 
     async def generate(self, request: ImageRequest) -> list[ImageData]:
+        if request.mask is not None:
+            raise InvalidRequest(
+                "Gemini image models take no mask; describe the change in the prompt instead",
+                param="mask",
+            )
         model = request.model or self.options.image_model or DEFAULT_IMAGE_MODEL
         # Base64 of the references and the JSON around it: built in a worker thread.
         body = await anyio.to_thread.run_sync(

@@ -23,6 +23,7 @@ import anyio.to_thread
 from PIL import Image, ImageDraw
 from pydantic import Field, field_validator
 
+from gateway.errors import InvalidRequest
 from providers import fonts
 from providers.base import (
     ImageData,
@@ -696,6 +697,10 @@ class LocalProvider(TextProvider, ImageProvider):
             yield piece if i == 0 else PAGE_SEPARATOR + piece
 
     async def generate(self, request: ImageRequest) -> list[ImageData]:
+        if request.mask is not None:
+            raise InvalidRequest(
+                "The offline provider draws cards and cannot apply a mask", param="mask"
+            )
         return await anyio.to_thread.run_sync(self._render_all, request)
 
     def _fonts(self) -> fonts.FontPair:

@@ -335,13 +335,19 @@ def build_generation_payload(request: ImageRequest, model: str, options: OpenAIO
     return payload
 
 
-def build_edit_files(references: tuple[ImageData, ...] | list[ImageData]) -> list[tuple]:
-    """The multipart file parts of `POST /images/edits`: `image` for one, `image[]` for several."""
+def build_edit_files(
+    references: tuple[ImageData, ...] | list[ImageData], mask: ImageData | None = None
+) -> list[tuple]:
+    """The multipart file parts of `POST /images/edits`: `image` for one, `image[]` for
+    several, and `mask` when there is one."""
     field = "image" if len(references) == 1 else "image[]"
-    return [
+    files = [
         (field, (f"ref{i}.{_EXTENSIONS.get(ref.mime, 'png')}", ref.data, ref.mime))
         for i, ref in enumerate(references)
     ]
+    if mask is not None:
+        files.append(("mask", (f"mask.{_EXTENSIONS.get(mask.mime, 'png')}", mask.data, mask.mime)))
+    return files
 
 
 def build_edit_fields(payload: dict) -> dict[str, str]:
@@ -354,13 +360,20 @@ def data_url(image: ImageData) -> str:
     return f"data:{image.mime};base64,{pybase64.b64encode(image.data).decode('ascii')}"
 
 
-def build_edit_json(payload: dict, references: tuple[ImageData, ...] | list[ImageData]) -> dict:
+def build_edit_json(
+    payload: dict,
+    references: tuple[ImageData, ...] | list[ImageData],
+    mask: ImageData | None = None,
+) -> dict:
     """The JSON body of `POST /images/edits` (`edits_format: json`), from a generation payload.
 
     OpenAI's JSON edits take `images`, a list of image references `{"image_url": URL}` or
     `{"file_id": ...}`, where the URL may be a `data:` URL; not the multipart `image` field.
     """
-    return {**payload, "images": [{"image_url": data_url(ref)} for ref in references]}
+    body = {**payload, "images": [{"image_url": data_url(ref)} for ref in references]}
+    if mask is not None:
+        body["mask"] = {"image_url": data_url(mask)}
+    return body
 
 
 def encode_json(body: dict) -> bytes:
@@ -368,8 +381,10 @@ def encode_json(body: dict) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def _encode_edit_json(payload: dict, references: tuple[ImageData, ...]) -> bytes:
-    return encode_json(build_edit_json(payload, references))
+def _encode_edit_json(
+    payload: dict, references: tuple[ImageData, ...], mask: ImageData | None
+) -> bytes:
+    return encode_json(build_edit_json(payload, references, mask))
 
 
 def chat_image_prompt(request: ImageRequest, explicit_size: str | None = None) -> str:
@@ -807,13 +822,13 @@ class OpenAIProvider(TextProvider, ImageProvider):
         elif self.options.edits_format == "json":
             # The reference data URLs are megabytes of base64: built off the event loop.
             path = "/images/edits"
-            encode = functools.partial(_encode_edit_json, payload, request.references)
+            encode = functools.partial(_encode_edit_json, payload, request.references, request.mask)
             body = {"content": await anyio.to_thread.run_sync(encode)}
         else:
             path = "/images/edits"
             body = {
                 "data": build_edit_fields(payload),
-                "files": build_edit_files(request.references),
+                "files": build_edit_files(request.references, request.mask),
             }
         # base64 is 4/3 of the image, plus room for the JSON around it.
         limit = max(1, request.n) * (self.options.max_download_bytes * 4 // 3) + (1 << 20)
@@ -824,6 +839,12 @@ class OpenAIProvider(TextProvider, ImageProvider):
 
     async def _generate_by_chat(self, request: ImageRequest, model: str) -> list[str | bytes]:
         """`n` calls at once (a chat answer holds one image); their images in call order."""
+        if request.mask is not None:
+            raise InvalidRequest(
+                f"Provider '{self.name}' reaches its image model through chat, which takes "
+                "no mask; describe the change in the prompt instead",
+                param="mask",
+            )
 
         def build() -> bytes:
             return encode_json(build_chat_image_payload(request, model, self.options))

@@ -1,22 +1,32 @@
-"""`POST /v1/images/generations`: a post's pages (model `redink`) or a plain image model."""
+"""`POST /v1/images/generations` and `POST /v1/images/edits`.
+
+Model `redink` (a post model) answers with one item per page; the images of an edit
+become the post's reference images. A plain image model answers with its images.
+"""
 
 from __future__ import annotations
 
+import json
 import time
+from typing import Any
 
 import anyio
 import pybase64
 from fastapi import APIRouter, Request
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
 
-from gateway.auth import CurrentKey
-from gateway.errors import GatewayError, UpstreamError
+from gateway.auth import CurrentKey, Principal
+from gateway.errors import GatewayError, InvalidRequest, UpstreamError
 from gateway.flow.outline import clamp_pages, requested_page_count
 from gateway.flow.runner import load_post
-from gateway.models import aspect_ratio_for_size, resolve_model
-from gateway.routes.common import state_of
-from gateway.schemas import ImageGenerationRequest
+from gateway.http_errors import validation_error_response
+from gateway.models import ResolvedModel, aspect_ratio_for_size, resolve_model
+from gateway.references import MAX_REFERENCE_BYTES, MAX_REFERENCES, resolve_image_url
+from gateway.routes.common import AppState, own_image_loader, state_of
+from gateway.schemas import ImageEditRequest, ImageGenerationRequest
 from gateway.urls import base_url, image_url
-from providers.base import ImageRequest
+from providers.base import ImageData, ImageRequest
 from storage.tables import Image
 
 router = APIRouter()
@@ -34,41 +44,52 @@ async def _item(state, request: Request, row: Image, fmt: str, revised: str | No
     return item
 
 
-@router.post("/v1/images/generations")
-async def generate_images(body: ImageGenerationRequest, request: Request, key: CurrentKey):
-    state = state_of(request)
+def _model_for(state: AppState, name: str | None) -> ResolvedModel:
     config = state.config()
-    model = resolve_model(config, body.model or next(iter(config.post_models), "redink"))
-    fmt = body.response_format or "url"
-    created = int(time.time())
+    return resolve_model(config, name or next(iter(config.post_models), "redink"))
 
-    if model.kind == "image":
-        assert model.image is not None
-        explicit = body.size if body.size and body.size != "auto" else None
-        images = await state.runner.generate_image(
-            model.image.provider,
-            ImageRequest(
-                prompt=body.prompt,
-                aspect_ratio=aspect_ratio_for_size(body.size, model.image.aspect_ratio),
-                size=explicit,
-                n=body.n or 1,
-                model=model.image.model,
-            ),
-        )
-        rows = [await state.images.put(img.data, owner_key_id=key.key_id) for img in images]
-        data = [await _item(state, request, row, fmt, None) for row in rows]
-        return {"created": created, "data": data}
 
-    assert model.post is not None and model.post_name is not None
-    page_count = (
-        clamp_pages(body.n) if body.n and body.n >= 2 else requested_page_count(body.prompt)
+async def _image_model_answer(
+    state: AppState, request: Request, key: Principal, model: ResolvedModel,
+    body: ImageGenerationRequest | ImageEditRequest, references: tuple[ImageData, ...] = (),
+    mask: ImageData | None = None,
+) -> dict:  # fmt: skip
+    assert model.image is not None
+    explicit = body.size if body.size and body.size != "auto" else None
+    images = await state.runner.generate_image(
+        model.image.provider,
+        ImageRequest(
+            prompt=body.prompt,
+            references=references,
+            mask=mask,
+            aspect_ratio=aspect_ratio_for_size(body.size, model.image.aspect_ratio),
+            size=explicit,
+            n=body.n or 1,
+            model=model.image.model,
+        ),
     )
+    rows = [await state.images.put(img.data, owner_key_id=key.key_id) for img in images]
+    fmt = body.response_format or "url"
+    return {
+        "created": int(time.time()),
+        "data": [await _item(state, request, r, fmt, None) for r in rows],
+    }
+
+
+async def _post_answer(
+    state: AppState, request: Request, key: Principal, model: ResolvedModel,
+    body: ImageGenerationRequest | ImageEditRequest, references: tuple[ImageData, ...] = (),
+) -> dict:  # fmt: skip
+    assert model.post is not None and model.post_name is not None
+    n = body.n
+    page_count = clamp_pages(n) if n and n >= 2 else requested_page_count(body.prompt)
     run = await state.runner.start(
         topic=body.prompt,
         model=model.post_name,
         owner_key_id=key.key_id,
         page_count=page_count,
         aspect_ratio=aspect_ratio_for_size(body.size, model.post.aspect_ratio),
+        references=references,
         outline_only=model.kind == "outline",
     )
     while True:
@@ -86,9 +107,114 @@ async def generate_images(body: ImageGenerationRequest, request: Request, key: C
         reason = next((p.error for p in pages if p.error), "no page could be generated")
         raise UpstreamError(f"No page of the post could be generated: {reason}", retryable=False)
     rows = await state.images.get_many([p.image_id for p in done])
+    fmt = body.response_format or "url"
     data = [
         await _item(state, request, rows[p.image_id], fmt, p.text)
         for p in done
         if p.image_id in rows
     ]
-    return {"created": created, "data": data, "post_id": post.id}
+    return {"created": int(time.time()), "data": data, "post_id": post.id}
+
+
+@router.post("/v1/images/generations")
+async def generate_images(body: ImageGenerationRequest, request: Request, key: CurrentKey):
+    state = state_of(request)
+    model = _model_for(state, body.model)
+    if model.kind == "image":
+        return await _image_model_answer(state, request, key, model, body)
+    return await _post_answer(state, request, key, model, body)
+
+
+async def _upload(value: Any, param: str) -> ImageData:
+    if not isinstance(value, UploadFile):
+        raise InvalidRequest(f"'{param}' must be an image file", param=param)
+    data = await value.read(MAX_REFERENCE_BYTES + 1)
+    if len(data) > MAX_REFERENCE_BYTES:
+        raise InvalidRequest(f"'{param}' is larger than 20 MB", param=param)
+    try:
+        return ImageData.from_bytes(data)
+    except ValueError:
+        raise InvalidRequest(
+            f"'{param}' is not a PNG, JPEG, WebP or GIF image", param=param
+        ) from None
+
+
+async def _read_edit(
+    request: Request, state: AppState
+) -> tuple[dict, list[ImageData], ImageData | None]:
+    """The fields, images and mask of an edit, from multipart or JSON."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        fields: dict[str, Any] = {}
+        images: list[ImageData] = []
+        mask = None
+        async with request.form(max_files=MAX_REFERENCES + 1) as form:
+            for name, value in form.multi_items():
+                if name in ("image", "image[]"):
+                    images.append(await _upload(value, name))
+                elif name == "mask":
+                    mask = await _upload(value, "mask")
+                elif isinstance(value, UploadFile):
+                    raise InvalidRequest(f"Unexpected file field '{name}'", param=name)
+                else:
+                    fields[name] = value
+        return fields, images, mask
+    if content_type.startswith("application/json"):
+        try:
+            raw = json.loads(await request.body())
+        except ValueError:
+            raise InvalidRequest(
+                "We could not parse the JSON body of your request: it is not valid JSON.",
+                code="invalid_json",
+            ) from None
+        if not isinstance(raw, dict):
+            raise InvalidRequest("The JSON body must be an object")
+        loader = own_image_loader(state)
+        entries = raw.pop("images", None)
+        if not isinstance(entries, list) or not entries:
+            raise InvalidRequest("'images' must be a list of {\"image_url\": ...}", param="images")
+        images = []
+        for i, entry in enumerate(entries):
+            url = entry.get("image_url") if isinstance(entry, dict) else None
+            if not isinstance(url, str) or not url:
+                raise InvalidRequest(
+                    "Each image needs an 'image_url' (file_id is not supported)",
+                    param=f"images[{i}]",
+                )
+            images.append(
+                await resolve_image_url(url, state.http, loader, f"images[{i}].image_url")
+            )
+        mask = None
+        if (mask_entry := raw.pop("mask", None)) is not None:
+            url = mask_entry.get("image_url") if isinstance(mask_entry, dict) else None
+            if not isinstance(url, str):
+                raise InvalidRequest("'mask' must be {\"image_url\": ...}", param="mask")
+            mask = await resolve_image_url(url, state.http, loader, "mask.image_url")
+        return raw, images, mask
+    raise InvalidRequest(
+        "Send the edit as multipart/form-data or application/json", code="unsupported_media_type"
+    )
+
+
+@router.post("/v1/images/edits")
+async def edit_images(request: Request, key: CurrentKey):
+    state = state_of(request)
+    fields, images, mask = await _read_edit(request, state)
+    try:
+        body = ImageEditRequest.model_validate(fields)
+    except ValidationError as exc:
+        from fastapi.exceptions import RequestValidationError
+
+        return validation_error_response(RequestValidationError(exc.errors()))
+    if not images:
+        raise InvalidRequest(
+            "An edit needs at least one image ('image' or 'image[]')", param="image"
+        )
+    if len(images) > MAX_REFERENCES:
+        raise InvalidRequest(f"At most {MAX_REFERENCES} images", param="image")
+    model = _model_for(state, body.model)
+    if model.kind == "image":
+        return await _image_model_answer(state, request, key, model, body, tuple(images), mask)
+    if mask is not None:
+        raise InvalidRequest(f"Model '{model.name}' makes a post and takes no mask", param="mask")
+    return await _post_answer(state, request, key, model, body, tuple(images))

@@ -576,7 +576,8 @@ async def images_edits(request: Request) -> Response:
     if denied is not None:
         return denied
     images = [f for f in files if f["field"] in ("image", "image[]")]
-    if not images or len(images) != len(files):
+    masks = [f for f in files if f["field"] == "mask"]
+    if not images or len(images) + len(masks) != len(files) or len(masks) > 1:
         return openai_error(400, "Expected image files in 'image' or 'image[]'.", param="image")
     if any(f["mime"] is None for f in images):
         return openai_error(400, "Invalid image file: use PNG, JPEG or WebP.", param="image")
