@@ -89,6 +89,9 @@ class ImageRequest:
     # An edit mask (transparent where the image may change), for `/v1/images/edits`;
     # providers that cannot use one raise `InvalidRequest` rather than ignore it.
     mask: ImageData | None = None
+    # The client's `quality` / `style` (OpenAI Images API); providers without them ignore them.
+    quality: str | None = None
+    style: str | None = None
     # Free-form hints for providers that can use them (e.g. page title and body
     # for the offline card renderer). Upstream providers ignore them.
     hints: dict[str, Any] = field(default_factory=dict)

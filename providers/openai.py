@@ -327,8 +327,12 @@ def build_generation_payload(request: ImageRequest, model: str, options: OpenAIO
         "n": request.n,
         "size": size_for(model, request.aspect_ratio, options.image_size or request.size),
     }
-    if options.quality:
-        payload["quality"] = options.quality
+    # the client's choice wins over the operator's default
+    quality = request.quality or options.quality
+    if quality:
+        payload["quality"] = quality
+    if request.style and model.lower().startswith("dall-e-3"):  # only dall-e-3 has styles
+        payload["style"] = request.style
     response_format = response_format_for(model, options.response_format)
     if response_format is not None:
         payload["response_format"] = response_format

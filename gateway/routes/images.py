@@ -66,6 +66,8 @@ async def _image_model_answer(
             size=explicit,
             n=body.n or 1,
             model=model.image.model,
+            quality=body.quality,
+            style=getattr(body, "style", None),
         ),
     )
     rows = [await state.images.put(img.data, owner_key_id=key.key_id) for img in images]

@@ -795,3 +795,15 @@ async def test_text_defaults_apply_when_the_caller_gives_none(make_provider, fak
     await provider.chat(user("x"), temperature=0.9, max_tokens=50)
     sent = [(r["json"]["temperature"], r["json"]["max_tokens"]) for r in fake.state.requests]
     assert sent == [(0.2, 900), (0.2, 900), (0.9, 50)]
+
+
+def test_client_quality_and_style_pass_through() -> None:
+    options = OpenAIOptions(quality="low")
+    plain = build_generation_payload(ImageRequest(prompt="x"), "gpt-image-1", options)
+    assert plain["quality"] == "low" and "style" not in plain
+    chosen = build_generation_payload(
+        ImageRequest(prompt="x", quality="high", style="vivid"), "gpt-image-1", options
+    )
+    assert chosen["quality"] == "high" and "style" not in chosen  # gpt-image has no style
+    dalle = build_generation_payload(ImageRequest(prompt="x", style="natural"), "dall-e-3", options)
+    assert dalle["style"] == "natural"
