@@ -1,0 +1,149 @@
+"""Benchmark: image pass-through on a plain image model (PicGate mode).
+
+`POST /v1/images/generations` on a model served by the fake OpenAI-compatible upstream,
+which answers a ~2.3 MB PNG as `b64_json`; the gateway decodes, stores and answers a URL.
+Real processes on loopback; closed-loop clients for a fixed time per scenario.
+
+    python -m bench.passthrough --clients 1 8 32 --latency 0 2 --seconds 15
+
+Targets (issue 3): at 32 clients and no upstream latency >= 40 requests/s with 0 errors;
+at 2 s upstream latency and 32 clients >= 15 requests/s with p99 <= 2.3 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.flow import MASTER, ROOT, free_port, proc_cpu_seconds, proc_peak_rss_mb, wait_ready
+
+
+async def _clients(base: str, clients: int, seconds: float) -> tuple[list[float], int, int]:
+    """(latencies, errors, requests completed within the window) of closed-loop clients."""
+    latencies: list[float] = []
+    errors = 0
+    in_window = 0
+    deadline = time.monotonic() + seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(
+        base_url=base, headers={"Authorization": f"Bearer {MASTER}"}, timeout=120, limits=limits
+    ) as http:
+
+        async def client() -> None:
+            nonlocal errors, in_window
+            while time.monotonic() < deadline:
+                started = time.perf_counter()
+                try:
+                    r = await http.post(
+                        "/v1/images/generations", json={"model": "poster", "prompt": "a cat"}
+                    )
+                    ok = r.status_code == 200 and r.json()["data"][0]["url"]
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    latencies.append(time.perf_counter() - started)
+                    in_window += time.monotonic() <= deadline
+                else:
+                    errors += 1
+
+        await asyncio.gather(*(client() for _ in range(clients)))
+    return latencies, errors, in_window
+
+
+def _percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def scenario(
+    latency: float, clients_list: list[int], seconds: float, image_bytes: int
+) -> list[dict]:
+    up_port, gw_port = free_port(), free_port()
+    data_dir = Path(tempfile.mkdtemp(prefix="inkgate-bench-pt-"))
+    (data_dir / "inkgate.yaml").write_text(
+        "providers:\n"
+        f"  fake: {{type: openai, base_url: 'http://127.0.0.1:{up_port}/v1', api_key: sk-fake-upstream}}\n"
+        "models:\n  poster: {type: image, provider: fake, model: fake-image}\n"
+    )
+    env = {**os.environ, "INKGATE_MASTER_KEY": MASTER, "INKGATE_LOG_LEVEL": "WARNING"}
+    upstream = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.openai_upstream", "--port", str(up_port),
+         "--image-latency", str(latency), "--image-bytes", str(image_bytes)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--port", str(gw_port), "--data-dir", str(data_dir)],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    results = []
+    try:
+        wait_ready(f"http://127.0.0.1:{up_port}/health", upstream)
+        wait_ready(f"http://127.0.0.1:{gw_port}/health", server)
+        base = f"http://127.0.0.1:{gw_port}"
+        asyncio.run(_clients(base, 2, 2))  # warm-up
+        for clients in clients_list:
+            cpu0 = proc_cpu_seconds(server.pid)
+            latencies, errors, in_window = asyncio.run(_clients(base, clients, seconds))
+            cpu = proc_cpu_seconds(server.pid) - cpu0
+            done = len(latencies)
+            results.append(
+                {
+                    "upstream_latency_s": latency,
+                    "clients": clients,
+                    "requests": done,
+                    "errors": errors,
+                    # completions inside the window / the window: the requests still in
+                    # flight at its end are not counted against the rate
+                    "rps": round(in_window / seconds, 1),
+                    "p50_s": round(statistics.median(latencies), 3) if latencies else None,
+                    "p99_s": round(_percentile(latencies, 99), 3) if latencies else None,
+                    "cpu_ms_per_request": round(cpu * 1000 / max(1, done), 2),
+                }
+            )
+        peak = proc_peak_rss_mb(server.pid)
+        for r in results:
+            r["server_peak_rss_mb"] = round(peak, 1)
+    finally:
+        for proc in (server, upstream):
+            proc.terminate()
+        for proc in (server, upstream):
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--latency", type=float, nargs="+", default=[0.0, 2.0])
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--image-bytes", type=int, default=2_300_000)
+    args = parser.parse_args()
+    rows = []
+    for latency in args.latency:
+        rows += scenario(latency, args.clients, args.seconds, args.image_bytes)
+    print(json.dumps(rows, indent=2))
+    by = {(r["upstream_latency_s"], r["clients"]): r for r in rows}
+    fast, slow = by.get((0.0, 32)), by.get((2.0, 32))
+    passed = True
+    if fast:
+        passed &= fast["rps"] >= 40 and fast["errors"] == 0
+    if slow:
+        passed &= slow["rps"] >= 15 and slow["p99_s"] is not None and slow["p99_s"] <= 2.3
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
