@@ -93,8 +93,10 @@ def scenario(
         asyncio.run(_clients(base, 2, 2))  # warm-up
         for clients in clients_list:
             cpu0 = proc_cpu_seconds(server.pid)
+            up0 = proc_cpu_seconds(upstream.pid)
             latencies, errors, in_window = asyncio.run(_clients(base, clients, seconds))
             cpu = proc_cpu_seconds(server.pid) - cpu0
+            up_cpu = proc_cpu_seconds(upstream.pid) - up0
             done = len(latencies)
             results.append(
                 {
@@ -108,6 +110,8 @@ def scenario(
                     "p50_s": round(statistics.median(latencies), 3) if latencies else None,
                     "p99_s": round(_percentile(latencies, 99), 3) if latencies else None,
                     "cpu_ms_per_request": round(cpu * 1000 / max(1, done), 2),
+                    # the fake shares the machine's two cores: its cost is in the latencies
+                    "fake_upstream_cpu_ms_per_request": round(up_cpu * 1000 / max(1, done), 2),
                 }
             )
         peak = proc_peak_rss_mb(server.pid)

@@ -7,6 +7,7 @@ forms people already use work: `sqlite:///path`, `postgresql://...`,
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -69,6 +70,10 @@ class Database:
             self.engine = create_async_engine(
                 self.async_url, pool_size=20, max_overflow=20, pool_pre_ping=True
             )
+        # SQLite has one writer at a time; writers that collide sleep in its busy handler
+        # (tens of ms, growing), which made the tail of bursty writes seconds long.
+        # Writers of this process queue here instead, first come first served.
+        self._write_lock = asyncio.Lock() if self.is_sqlite else None
         self._sessions = async_sessionmaker(
             self.engine, class_=AsyncSession, expire_on_commit=False
         )
@@ -77,6 +82,15 @@ class Database:
     async def session(self) -> AsyncIterator[AsyncSession]:
         async with self._sessions() as session:
             yield session
+
+    @asynccontextmanager
+    async def writing(self) -> AsyncIterator[None]:
+        """Hold around a write transaction: queues writers on SQLite, nothing elsewhere."""
+        if self._write_lock is None:
+            yield
+            return
+        async with self._write_lock:
+            yield
 
     async def migrate(self) -> None:
         """Apply Alembic migrations up to head (in a thread: Alembic is synchronous)."""

@@ -339,7 +339,7 @@ class FlowRunner:
             .where(pages.c.post_id == bindparam("b_post"), pages.c.page_index == bindparam("b_idx"))
             .values({name: bindparam(name) for name in (*sorted(fields), "updated_at")})
         )
-        async with self.db.engine.begin() as conn:
+        async with self.db.writing(), self.db.engine.begin() as conn:
             if also is not None:
                 await conn.execute(insert(Image.__table__), [also.model_dump()])
             await conn.execute(
