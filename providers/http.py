@@ -3,23 +3,44 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 
 import httpx
 
 from gateway.errors import GatewayError, UpstreamError, map_upstream_errors
 
+log = logging.getLogger("inkgate.upstream")
+
+
+LOGGED_BODY_CHARS = 2000
+
+
+def _redact(text: str, secret: str | None) -> str:
+    return text.replace(secret, "[redacted]") if secret else text
+
 
 @contextlib.contextmanager
 def upstream_call(provider: str, secret: str | None) -> Iterator[None]:
-    """`map_upstream_errors`, plus a guarantee that `secret` (the API key) never shows in a
-    message: some upstreams quote the key in their errors."""
+    """`map_upstream_errors`, plus: the upstream's error body goes to the log (for the
+    operator, key redacted), and `secret` (the API key) never shows in a client message;
+    some upstreams quote the key in their errors."""
     try:
         with map_upstream_errors(provider):
             yield
     except GatewayError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, httpx.HTTPStatusError):
+            try:
+                body = cause.response.text[:LOGGED_BODY_CHARS]
+            except httpx.ResponseNotRead:
+                body = "(body not read)"
+            log.warning(
+                "upstream %s answered %s %s: %s",
+                provider, cause.response.status_code, cause.request.url.path, _redact(body, secret),
+            )  # fmt: skip
         if secret and secret in exc.message:
-            exc.message = exc.message.replace(secret, "[redacted]")
+            exc.message = _redact(exc.message, secret)
             exc.args = (exc.message,)
         raise
 
