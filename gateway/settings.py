@@ -26,7 +26,8 @@ SETTINGS_DOC: dict[str, str] = {
     "INKGATE_TRUSTED_PROXIES": "Comma-separated IPs/CIDRs whose `X-Forwarded-*` are trusted.",
     "INKGATE_CONFIG": "Path of the provider/model config. Default `<data dir>/inkgate.yaml`.",
     "INKGATE_MAX_BODY_BYTES": "Largest accepted request body. Default 26214400 (25 MiB).",
-    "INKGATE_UPSTREAM_TIMEOUT": "Seconds an upstream call may take. Default 300.",
+    "INKGATE_UPSTREAM_TIMEOUT": "Seconds one upstream call (one attempt) may take. Default 120.",
+    "INKGATE_DEADLINE_SECONDS": "Overall time for an outline, a page or an image call, retries included. Default 280.",
     "INKGATE_IMAGE_CONCURRENCY": "Default pages generated at once per post. Default 4.",
     "INKGATE_PAGE_RETRIES": "Attempts per page on transient upstream errors. Default 3.",
     "INKGATE_KEEPALIVE_SECONDS": "Silence before a `: keep-alive` SSE comment. Default 8.",
@@ -76,7 +77,8 @@ class Settings:
     trusted_proxies: tuple = ()
     config_path: Path | None = None
     max_body_bytes: int = 25 * 1024 * 1024
-    upstream_timeout: float = 300.0
+    upstream_timeout: float = 120.0
+    deadline_seconds: float = 280.0
     image_concurrency: int = 4
     page_retries: int = 3
     keepalive_seconds: float = 8.0
@@ -110,7 +112,8 @@ class Settings:
             trusted_proxies=_networks(env.get("INKGATE_TRUSTED_PROXIES", "")),
             config_path=Path(env["INKGATE_CONFIG"]) if env.get("INKGATE_CONFIG") else None,
             max_body_bytes=_int(env, "INKGATE_MAX_BODY_BYTES", 25 * 1024 * 1024),
-            upstream_timeout=_float(env, "INKGATE_UPSTREAM_TIMEOUT", 300.0),
+            upstream_timeout=_float(env, "INKGATE_UPSTREAM_TIMEOUT", 120.0),
+            deadline_seconds=_float(env, "INKGATE_DEADLINE_SECONDS", 280.0),
             image_concurrency=_int(env, "INKGATE_IMAGE_CONCURRENCY", 4),
             page_retries=_int(env, "INKGATE_PAGE_RETRIES", 3),
             keepalive_seconds=_float(env, "INKGATE_KEEPALIVE_SECONDS", 8.0),

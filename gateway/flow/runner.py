@@ -16,11 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 from sqlalchemy import bindparam, insert, update
 from sqlmodel import select
 
 from gateway.config import GatewayConfig, PostModelConfig
-from gateway.errors import GatewayError, UpstreamError
+from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 from gateway.flow.outline import OutlinePage, build_outline_messages, outline_text, parse_outline
 from gateway.flow.prompts import build_image_prompt
 from gateway.flow.reference import compact_reference, compact_references
@@ -310,15 +311,32 @@ class FlowRunner:
         return ImageData(images[0].data, stored.mime)
 
     async def _with_retries(self, call: Callable[[], Any], *, what: str) -> Any:
+        """`call()`, retried with backoff and jitter on transient errors, within the deadline.
+
+        Every attempt gets the time left before `INKGATE_DEADLINE_SECONDS`; no retry is
+        started that could not finish in time, so a client behind a 300 s proxy limit
+        (OpenWebUI) hears of the failure instead of being cut off.
+        """
         tries = max(1, self.settings.page_retries)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.deadline_seconds
         for n in range(1, tries + 1):
+            remaining = deadline - loop.time()
             try:
-                return await call()
+                with anyio.fail_after(max(0.0, remaining)):
+                    return await call()
+            except TimeoutError:
+                raise UpstreamTimeout(
+                    f"{what}: no answer within the {self.settings.deadline_seconds:.0f} s deadline"
+                ) from None
             except GatewayError as exc:
                 if not exc.retryable or n == tries:
                     raise
                 delay = exc.retry_after or self.settings.retry_base_delay * 2 ** (n - 1)
                 delay = min(MAX_RETRY_DELAY, delay) * (1 + random.random() * 0.25)
+                if loop.time() + delay >= deadline:
+                    log.warning("%s: %s; no time left for a retry", what, exc.message)
+                    raise
                 log.warning("%s: %s; retry %d/%d in %.1fs", what, exc.message, n, tries - 1, delay)
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")

@@ -581,3 +581,30 @@ async def test_plain_image_model_is_retried(app, services, client, script: Scrip
     )
     assert r.status_code == 200, r.text
     assert len(script.calls_for(0)) == 3
+
+
+async def test_a_slow_page_is_cut_at_the_deadline(services, script: Script) -> None:
+    from dataclasses import replace
+
+    services.runner.settings = replace(services.runner.settings, deadline_seconds=0.3)
+    script.outline_pages = 2
+    script.delay = 1.0  # every image call outlasts the deadline
+    run = await start(services)
+    events = await drain(run)
+    failed = [e for e in events if e.kind == "page_failed"]
+    assert failed and "deadline" in failed[0].data["reason"]
+    assert events[-1].data["status"] == "failed"
+
+
+async def test_no_retry_starts_past_the_deadline(services, script: Script) -> None:
+    from dataclasses import replace
+
+    # the base delay (0.5 s) would end after the deadline (0.3 s): fail at once
+    services.runner.settings = replace(
+        services.runner.settings, deadline_seconds=0.3, retry_base_delay=0.5
+    )
+    script.outline_pages = 2
+    script.transient = {0: 5}
+    run = await start(services)
+    await drain(run)
+    assert len(script.calls_for(0)) == 1
