@@ -22,6 +22,7 @@ from gateway.http_errors import BodySizeLimit, install_error_handlers
 from gateway.routes import chat, files, health, images, openai_models, posts
 from gateway.routes.common import AppState
 from gateway.settings import Settings
+from gateway.upstream_slots import UpstreamSlots
 from storage.blobs import LocalBlobStore
 from storage.db import Database
 from storage.images import ImageStore
@@ -92,7 +93,8 @@ def create_app(settings: Settings, *, announce: bool = False) -> FastAPI:
         blobs = LocalBlobStore(settings.data_dir / "blobs")
         image_store = ImageStore(db, blobs)
         keys = KeyService(db, settings.master_key)
-        runner = FlowRunner(settings, db, image_store, lambda: source.current)
+        slots = UpstreamSlots(db)
+        runner = FlowRunner(settings, db, image_store, lambda: source.current, slots)
         app.state.services = AppState(
             settings=settings,
             db=db,
@@ -115,6 +117,7 @@ def create_app(settings: Settings, *, announce: bool = False) -> FastAPI:
         finally:
             watcher.cancel()
             await runner.shutdown()
+            await slots.release_all()
             await http.aclose()
             await db.dispose()
 

@@ -85,3 +85,18 @@ class Image(SQLModel, table=True):
     owner_key_id: str | None = Field(default=None, index=True, max_length=32)
     post_id: str | None = Field(default=None, index=True, max_length=64)
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(index=True))
+
+
+class UpstreamSlot(SQLModel, table=True):
+    """One of a provider's `max_concurrency` slots, leased by the process using it.
+
+    `holder` is the process holding it (None: free); `expires_at` (unix seconds) is
+    when a holder that stopped renewing loses it.
+    """
+
+    __tablename__ = "upstream_slots"
+
+    provider: str = Field(primary_key=True, max_length=200)
+    slot_no: int = Field(primary_key=True)
+    holder: str | None = Field(default=None, max_length=32)
+    expires_at: float = 0.0
