@@ -17,6 +17,8 @@ import pytest
 from gateway.app import create_app
 from gateway.settings import Settings
 
+pytest_plugins = ["tests.s3_server"]
+
 # Fake keys, hard-coded so a real key in the environment is never used.
 MASTER_KEY = "sk-test-master-0123456789abcdef"
 
