@@ -16,16 +16,16 @@ from fastapi import FastAPI
 
 from gateway import __version__
 from gateway.auth import KeyService
-from gateway.config import ConfigSource
+from gateway.config import ConfigSource, storage_config
 from gateway.flow.runner import FlowRunner
 from gateway.http_errors import BodySizeLimit, install_error_handlers
 from gateway.routes import chat, files, health, images, openai_models, posts
 from gateway.routes.common import AppState
+from gateway.routes.files import send_if_hot
 from gateway.settings import Settings
 from gateway.upstream_slots import UpstreamSlots
-from storage.blobs import LocalBlobStore
 from storage.db import Database
-from storage.images import ImageStore
+from storage.service import Storage
 
 log = logging.getLogger("inkgate")
 
@@ -73,6 +73,17 @@ async def first_start_banner(settings: Settings, keys: KeyService, out=None) -> 
     print("\n".join(lines) + "\n", file=out, flush=True)
 
 
+class InkGateApp(FastAPI):
+    """FastAPI, with images already in memory answered before routing (see files.py)."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and await send_if_hot(
+            getattr(self.state, "services", None), scope, send
+        ):
+            return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings, *, announce: bool = False) -> FastAPI:
     """Build the app. `announce` prints the banner at start (the CLI sets it)."""
 
@@ -90,8 +101,10 @@ def create_app(settings: Settings, *, announce: bool = False) -> FastAPI:
         )
         source = ConfigSource(settings.config_path, settings.data_dir, http, os.environ)
         await source.load()
-        blobs = LocalBlobStore(settings.data_dir / "blobs")
-        image_store = ImageStore(db, blobs)
+        config = await anyio.to_thread.run_sync(storage_config, settings)
+        storage = Storage(db, settings.data_dir / "blobs", config)
+        blobs, image_store = storage.images.blobs, storage.images
+        await storage.start()
         keys = KeyService(db, settings.master_key)
         slots = UpstreamSlots(db)
         runner = FlowRunner(settings, db, image_store, lambda: source.current, slots)
@@ -101,6 +114,7 @@ def create_app(settings: Settings, *, announce: bool = False) -> FastAPI:
             http=http,
             blobs=blobs,
             images=image_store,
+            storage=storage,
             keys=keys,
             runner=runner,
             config=lambda: source.current,
@@ -117,11 +131,12 @@ def create_app(settings: Settings, *, announce: bool = False) -> FastAPI:
         finally:
             watcher.cancel()
             await runner.shutdown()
+            await storage.stop()
             await slots.release_all()
             await http.aclose()
             await db.dispose()
 
-    app = FastAPI(
+    app = InkGateApp(
         title="InkGate",
         version=__version__,
         description="OpenAI-compatible gateway for AI image posts.",

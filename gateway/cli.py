@@ -150,6 +150,35 @@ async def _providers_test(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in reports) else 1
 
 
+async def _cache(args: argparse.Namespace) -> int:
+    """`inkgate cache sweep|stats`: the lifecycle from the command line (cron-friendly)."""
+    import json
+
+    from gateway.config import ConfigError, storage_config
+    from storage.db import Database
+    from storage.service import Storage
+
+    settings = _settings(args)
+    try:
+        config = storage_config(settings)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    db = Database(settings.database_url)
+    try:
+        await db.migrate()
+        storage = Storage(db, settings.data_dir / "blobs", config)
+        if args.cache_command == "sweep":
+            report = (await storage.lifecycle.sweep()).as_dict()
+            report.pop("details", None)
+            print(json.dumps(report, indent=2))
+        else:
+            print(json.dumps(await storage.lifecycle.stats(), indent=2))
+        return 0
+    finally:
+        await db.dispose()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inkgate", description="InkGate gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -176,6 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_test.add_argument("name", nargs="?", help="one provider (default: all)")
     p_test.add_argument("--deep", action="store_true", help="also draw one small image")
+    p_cache = sub.add_parser("cache", help="the image cache lifecycle")
+    p_cache.add_argument("--data-dir", help="data directory (default ./data)")
+    cache_sub = p_cache.add_subparsers(dest="cache_command", required=True)
+    cache_sub.add_parser(
+        "sweep", help="apply TTL, size cap, retention and the orphan sweep now", parents=[data_dir]
+    )
+    cache_sub.add_parser("stats", help="counts and bytes, local and remote", parents=[data_dir])
     return parser
 
 
@@ -185,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args)
     if args.command == "providers":
         return asyncio.run(_providers_test(args))
+    if args.command == "cache":
+        return asyncio.run(_cache(args))
     return asyncio.run(_keys(args))
 
 

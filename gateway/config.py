@@ -25,6 +25,7 @@ model `X` also answers as `X-outline` (outline only).
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from gateway.redink_files import IMAGE_FILE, TEXT_FILE, RedInkConfigError, read_redink_files
 from providers.base import ImageProvider, Provider, TextProvider
 from providers.registry import ProviderConfigError, build_provider
+from storage.config import StorageConfig, StorageConfigError
 
 log = logging.getLogger("inkgate.config")
 
@@ -67,6 +69,8 @@ class ImageModelConfig(_Strict):
     provider: str
     model: str | None = None
     aspect_ratio: str = Field(default="1:1", pattern=ASPECT_RATIO_PATTERN)
+    # identical requests within this many seconds reuse the stored images; 0 = off
+    result_cache_seconds: int = Field(default=0, ge=0, le=30 * 86400)
 
 
 ModelConfig = Annotated[PostModelConfig | ImageModelConfig, Field(discriminator="type")]
@@ -75,6 +79,8 @@ ModelConfig = Annotated[PostModelConfig | ImageModelConfig, Field(discriminator=
 class ConfigFile(_Strict):
     providers: dict[str, dict] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
+    # read once at start by storage.config.StorageConfig (the environment wins)
+    storage: dict[str, Any] = Field(default_factory=dict)
 
 
 class ConfigError(ValueError):
@@ -185,6 +191,15 @@ def read_sources(config_path: Path | None, data_dir: Path, env: Mapping[str, str
         providers={**choice.providers, **file.providers},
         models={"redink": model, **file.models},
     )
+
+
+def storage_config(settings) -> StorageConfig:
+    """Storage options: the environment (via settings) over inkgate.yaml's `storage:`."""
+    file = read_config_file(settings.config_path, os.environ)
+    try:
+        return StorageConfig.resolve(settings, file.storage)
+    except StorageConfigError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def build_config(file: ConfigFile, http: httpx.AsyncClient) -> GatewayConfig:

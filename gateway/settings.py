@@ -34,6 +34,25 @@ SETTINGS_DOC: dict[str, str] = {
     "INKGATE_SECRET_KEY": "Secret that signs download links. Default: generated once in the data dir.",
     "INKGATE_LOG_LEVEL": "Log level. Default `INFO`.",
     "INKGATE_CONFIG_RELOAD_SECONDS": "How often config files are checked for changes. Default 1.",
+    # storage (each also settable in inkgate.yaml's `storage:` section; the environment wins)
+    "INKGATE_STORAGE": "Where images are kept: `local` (default), `s3` or `r2` (local disk stays the cache).",
+    "INKGATE_S3_BUCKET": "Bucket name (s3 / r2).",
+    "INKGATE_S3_ACCESS_KEY_ID": "Access key id (s3 / r2).",
+    "INKGATE_S3_SECRET_ACCESS_KEY": "Secret access key (s3 / r2). Never logged or shown.",
+    "INKGATE_S3_ENDPOINT_URL": "S3 endpoint for MinIO, AWS regions or tests. Default: AWS, or R2's from the account id.",
+    "INKGATE_S3_REGION": "Region. Default `us-east-1` (`auto` for r2).",
+    "INKGATE_R2_ACCOUNT_ID": "Cloudflare account id: the endpoint becomes `https://<account>.r2.cloudflarestorage.com`.",
+    "INKGATE_S3_PREFIX": "Key prefix inside the bucket, e.g. `inkgate/`.",
+    "INKGATE_S3_PUBLIC_BASE_URL": "The bucket's public domain, e.g. `https://img.example.com` (for `INKGATE_IMAGE_URLS=public`).",
+    "INKGATE_IMAGE_URLS": "`gateway` (default): URLs through InkGate; `public`: the bucket's public domain once uploaded; `presigned`: presigned bucket URLs once uploaded.",
+    "INKGATE_PRESIGN_SECONDS": "Expiry of presigned URLs, at most 604800 (7 days). Default 3600.",
+    "INKGATE_CACHE_TTL_HOURS": "Local copies not read for this long are evicted once uploaded (sliding). Default 72; 0 = never.",
+    "INKGATE_CACHE_MAX_MB": "Local cache size cap; least recently used uploaded copies go first. Default 0 = no cap.",
+    "INKGATE_RETENTION_DAYS": "Image records (and their bytes) not read for this long are deleted. Default 365; 0 = forever.",
+    "INKGATE_RETENTION_DELETE_REMOTE": "`true`: retention deletes the bucket object too. Default `false`.",
+    "INKGATE_CACHE_SWEEP_SECONDS": "How often the lifecycle sweep runs inside the app. Default 600; 0 = only on demand.",
+    "INKGATE_SERVE_CACHE_MB": "Memory for the bytes of recently served images (files up to 8 MB). Default 128; 0 = off.",
+    "INKGATE_UPLOAD_MAX_ATTEMPTS": "Upload attempts before an image is marked failed (backoff up to 1 h). Default 10.",
 }
 
 
@@ -55,6 +74,26 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         return float(raw)
     except ValueError as exc:
         raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _opt(env: Mapping[str, str], name: str, kind):
+    """An optional typed setting: None when unset."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        return kind(raw.strip())
+    except ValueError as exc:
+        raise ValueError(f"{name}: invalid value {raw!r}") from exc
 
 
 def _networks(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -86,6 +125,25 @@ class Settings:
     log_level: str = "INFO"
     config_reload_seconds: float = 1.0
     retry_base_delay: float = field(default=1.0, repr=False)
+    # storage: None = not set here (inkgate.yaml's `storage:` section or the default applies)
+    storage: str | None = None
+    s3_bucket: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = field(default=None, repr=False)
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    r2_account_id: str | None = None
+    s3_prefix: str | None = None
+    s3_public_base_url: str | None = None
+    image_urls: str | None = None
+    presign_seconds: int | None = None
+    cache_ttl_hours: float | None = None
+    cache_max_mb: float | None = None
+    retention_days: float | None = None
+    retention_delete_remote: bool | None = None
+    cache_sweep_seconds: float | None = None
+    upload_max_attempts: int | None = None
+    serve_cache_mb: float | None = None
 
     def __post_init__(self) -> None:
         data_dir = Path(self.data_dir).expanduser().resolve()
@@ -120,6 +178,24 @@ class Settings:
             secret_key=env.get("INKGATE_SECRET_KEY") or None,
             log_level=(env.get("INKGATE_LOG_LEVEL") or "INFO").upper(),
             config_reload_seconds=_float(env, "INKGATE_CONFIG_RELOAD_SECONDS", 1.0),
+            storage=env.get("INKGATE_STORAGE") or None,
+            s3_bucket=env.get("INKGATE_S3_BUCKET") or None,
+            s3_access_key_id=env.get("INKGATE_S3_ACCESS_KEY_ID") or None,
+            s3_secret_access_key=env.get("INKGATE_S3_SECRET_ACCESS_KEY") or None,
+            s3_endpoint_url=env.get("INKGATE_S3_ENDPOINT_URL") or None,
+            s3_region=env.get("INKGATE_S3_REGION") or None,
+            r2_account_id=env.get("INKGATE_R2_ACCOUNT_ID") or None,
+            s3_prefix=env.get("INKGATE_S3_PREFIX") or None,
+            s3_public_base_url=env.get("INKGATE_S3_PUBLIC_BASE_URL") or None,
+            image_urls=env.get("INKGATE_IMAGE_URLS") or None,
+            presign_seconds=_opt(env, "INKGATE_PRESIGN_SECONDS", int),
+            cache_ttl_hours=_opt(env, "INKGATE_CACHE_TTL_HOURS", float),
+            cache_max_mb=_opt(env, "INKGATE_CACHE_MAX_MB", float),
+            retention_days=_opt(env, "INKGATE_RETENTION_DAYS", float),
+            retention_delete_remote=_opt(env, "INKGATE_RETENTION_DELETE_REMOTE", _bool),
+            cache_sweep_seconds=_opt(env, "INKGATE_CACHE_SWEEP_SECONDS", float),
+            upload_max_attempts=_opt(env, "INKGATE_UPLOAD_MAX_ATTEMPTS", int),
+            serve_cache_mb=_opt(env, "INKGATE_SERVE_CACHE_MB", float),
         )
         return replace(s, **overrides) if overrides else s
 

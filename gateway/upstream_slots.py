@@ -38,9 +38,7 @@ POLL_MIN, POLL_MAX = 0.05, 1.0
 class UpstreamSlots:
     """Per-provider caps. With a database the cap holds across processes."""
 
-    def __init__(
-        self, db: Database | None = None, clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, db: Database | None = None, clock: Callable[[], float] = time.time) -> None:
         self.db = db
         self.clock = clock
         self.holder = secrets.token_hex(8)  # this process

@@ -100,3 +100,41 @@ class UpstreamSlot(SQLModel, table=True):
     slot_no: int = Field(primary_key=True)
     holder: str | None = Field(default=None, max_length=32)
     expires_at: float = 0.0
+
+
+class Blob(SQLModel, table=True):
+    """The stored bytes of one content (sha256 + extension), shared by its image rows.
+
+    `local`: the copy on local disk exists. `remote_state`: none (local-only storage)
+    | pending | uploading | uploaded | failed | removed (deleted from the bucket on
+    request). Times the lifecycle compares are unix seconds.
+    """
+
+    __tablename__ = "blobs"
+
+    key: str = Field(primary_key=True, max_length=200)
+    sha256: str = Field(index=True, max_length=64)
+    ext: str = Field(max_length=8)
+    mime: str = Field(max_length=64)
+    size_bytes: int
+    local: bool = Field(default=True, index=True)
+    remote_state: str = Field(default="none", max_length=16, index=True)
+    attempts: int = 0
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    next_attempt_at: float = 0.0
+    claimed_by: str | None = Field(default=None, max_length=32)
+    claimed_until: float = 0.0
+    accessed_at: float = Field(default=0.0, index=True)
+    created_at: float = 0.0
+    uploaded_at: float | None = None
+
+
+class ResultCacheEntry(SQLModel, table=True):
+    """An image request's answer, reused for an identical request within the model's TTL."""
+
+    __tablename__ = "result_cache"
+
+    key: str = Field(primary_key=True, max_length=64)
+    model: str = Field(index=True, max_length=200)
+    image_ids: str = Field(sa_column=Column(Text, nullable=False))  # JSON list
+    created_at: float = Field(default=0.0, index=True)

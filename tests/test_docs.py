@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import yaml
 from gateway.config import ImageModelConfig, PostModelConfig
 from gateway.settings import SETTINGS_DOC
 from providers.registry import provider_types
+from storage.config import StorageConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -57,3 +59,9 @@ def test_ci_runs_the_readme_test_command() -> None:
     )
     assert command in README
     assert command in (ROOT / ".ci" / "run").read_text()
+
+
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(StorageConfig)])
+def test_every_storage_option_has_its_setting(name: str) -> None:
+    """Each `storage:` option in inkgate.yaml is also an INKGATE_ variable, documented."""
+    assert f"INKGATE_{name.upper()}" in SETTINGS_DOC

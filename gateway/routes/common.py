@@ -18,6 +18,7 @@ from providers.base import ImageData
 from storage.blobs import LocalBlobStore
 from storage.db import Database
 from storage.images import ImageStore
+from storage.service import Storage
 from storage.tables import Image, Page, Post
 
 
@@ -30,6 +31,7 @@ class AppState:
     http: httpx.AsyncClient
     blobs: LocalBlobStore
     images: ImageStore
+    storage: Storage
     keys: KeyService
     runner: FlowRunner
     config: Callable[[], GatewayConfig]

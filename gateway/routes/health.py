@@ -32,6 +32,17 @@ async def ready(request: Request) -> JSONResponse:
     except OSError as exc:
         checks["storage"] = f"error: {type(exc).__name__}"
     ok = all(v == "ok" for v in checks.values())
-    return JSONResponse(
-        {"status": "ok" if ok else "unavailable", "checks": checks}, 200 if ok else 503
-    )
+    body: dict = {"status": "ok" if ok else "unavailable", "checks": checks}
+    remote = state.images.remote
+    if remote is not None:
+        # reported, not required: during a bucket outage images are still written and
+        # served from local disk, and their uploads wait
+        from storage.s3 import StorageUnavailable
+
+        try:
+            with anyio.fail_after(5):
+                await anyio.to_thread.run_sync(remote.ping)
+            body["bucket"] = "ok"
+        except (StorageUnavailable, TimeoutError):
+            body["bucket"] = "unreachable (uploads wait; images are served from local disk)"
+    return JSONResponse(body, 200 if ok else 503)

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from gateway import result_cache
 from gateway.auth import CurrentKey, Principal
 from gateway.errors import GatewayError, InvalidRequest, UpstreamError
 from gateway.flow.outline import clamp_pages, requested_page_count
@@ -23,6 +24,7 @@ from gateway.flow.runner import load_post
 from gateway.http_errors import validation_error_response
 from gateway.models import ResolvedModel, aspect_ratio_for_size, resolve_model
 from gateway.references import MAX_REFERENCE_BYTES, MAX_REFERENCES, resolve_image_url
+from gateway.result_cache import request_key
 from gateway.routes.common import AppState, own_image_loader, state_of
 from gateway.schemas import ImageEditRequest, ImageGenerationRequest
 from gateway.urls import base_url, image_url
@@ -56,21 +58,25 @@ async def _image_model_answer(
 ) -> dict:  # fmt: skip
     assert model.image is not None
     explicit = body.size if body.size and body.size != "auto" else None
-    images = await state.runner.generate_image(
-        model.image.provider,
-        ImageRequest(
-            prompt=body.prompt,
-            references=references,
-            mask=mask,
-            aspect_ratio=aspect_ratio_for_size(body.size, model.image.aspect_ratio),
-            size=explicit,
-            n=body.n or 1,
-            model=model.image.model,
-            quality=body.quality,
-            style=getattr(body, "style", None),
-        ),
+    image_request = ImageRequest(
+        prompt=body.prompt,
+        references=references,
+        mask=mask,
+        aspect_ratio=aspect_ratio_for_size(body.size, model.image.aspect_ratio),
+        size=explicit,
+        n=body.n or 1,
+        model=model.image.model,
+        quality=body.quality,
+        style=getattr(body, "style", None),
     )
-    rows = [await state.images.put(img.data, owner_key_id=key.key_id) for img in images]
+    ttl = model.image.result_cache_seconds
+    cache_key = request_key(model.name, model.image.provider, image_request) if ttl else None
+    rows = await result_cache.lookup(state.images, cache_key, ttl) if cache_key else None
+    if rows is None:
+        images = await state.runner.generate_image(model.image.provider, image_request)
+        rows = [await state.images.put(img.data, owner_key_id=key.key_id) for img in images]
+        if cache_key:
+            await result_cache.remember(state.images, cache_key, model.name, rows)
     fmt = body.response_format or "url"
     return {
         "created": int(time.time()),
