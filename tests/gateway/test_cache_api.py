@@ -260,3 +260,13 @@ async def test_ready_reports_the_bucket_without_failing_on_an_outage(s3_client, 
     finally:
         server.start()
         server.create_bucket(bucket)
+
+
+async def test_a_thumbnail_of_an_evicted_image_reads_through(s3_client) -> None:
+    url = await make_image(s3_client)
+    image_id = image_id_of(url)
+    await wait_uploaded(s3_client, image_id)
+    await s3_client.post("/admin/api/cache/clear-local")
+    r = await s3_client.get(f"/images/{image_id}/thumb")
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/webp"
