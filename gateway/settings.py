@@ -52,6 +52,7 @@ SETTINGS_DOC: dict[str, str] = {
     "INKGATE_RETENTION_DELETE_REMOTE": "`true`: retention deletes the bucket object too. Default `false`.",
     "INKGATE_CACHE_SWEEP_SECONDS": "How often the lifecycle sweep runs inside the app. Default 600; 0 = only on demand.",
     "INKGATE_SERVE_CACHE_MB": "Memory for the bytes of recently served images (files up to 8 MB). Default 128; 0 = off.",
+    "INKGATE_X_ACCEL_REDIRECT": "An nginx `internal` location (e.g. `/_inkgate_blobs/`) aliasing `<data dir>/blobs/`: local files are then sent by nginx (`X-Accel-Redirect`). Default off.",
     "INKGATE_UPLOAD_MAX_ATTEMPTS": "Upload attempts before an image is marked failed (backoff up to 1 h). Default 10.",
 }
 
@@ -144,6 +145,7 @@ class Settings:
     cache_sweep_seconds: float | None = None
     upload_max_attempts: int | None = None
     serve_cache_mb: float | None = None
+    x_accel_redirect: str | None = None
 
     def __post_init__(self) -> None:
         data_dir = Path(self.data_dir).expanduser().resolve()
@@ -196,6 +198,7 @@ class Settings:
             cache_sweep_seconds=_opt(env, "INKGATE_CACHE_SWEEP_SECONDS", float),
             upload_max_attempts=_opt(env, "INKGATE_UPLOAD_MAX_ATTEMPTS", int),
             serve_cache_mb=_opt(env, "INKGATE_SERVE_CACHE_MB", float),
+            x_accel_redirect=env.get("INKGATE_X_ACCEL_REDIRECT") or None,
         )
         return replace(s, **overrides) if overrides else s
 

@@ -37,6 +37,7 @@ class StorageConfig:
     cache_sweep_seconds: float = 600.0
     upload_max_attempts: int = 10
     serve_cache_mb: float = 128.0
+    x_accel_redirect: str = ""  # e.g. /_inkgate_blobs/ : nginx sends local files
 
     def __repr__(self) -> str:  # never the secret
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -85,6 +86,12 @@ class StorageConfig:
         ):  # fmt: skip
             if getattr(self, name) < 0:
                 raise StorageConfigError(f"INKGATE_{name.upper()} must not be negative")
+        if self.x_accel_redirect and not (
+            self.x_accel_redirect.startswith("/") and self.x_accel_redirect.endswith("/")
+        ):
+            raise StorageConfigError(
+                "INKGATE_X_ACCEL_REDIRECT must be an nginx location like /_inkgate_blobs/"
+            )
         if self.upload_max_attempts < 1:
             raise StorageConfigError("INKGATE_UPLOAD_MAX_ATTEMPTS must be at least 1")
         if self.remote:

@@ -59,6 +59,10 @@ async def _send(
     headers = {"ETag": etag, "Cache-Control": IMMUTABLE}
     if _not_modified(request, etag):
         return Response(status_code=304, headers=headers)
+    accel = state.images.config.x_accel_redirect
+    if accel:  # nginx sends the file (zero-copy); we only say which
+        headers["X-Accel-Redirect"] = accel + key
+        return Response(status_code=200, media_type=mime, headers=headers)
     hot = state.images.hot
     data = hot.get(key)
     if data is None:
@@ -119,7 +123,8 @@ async def send_if_hot(services: AppState | None, scope, send) -> bool:
     which are the reference behaviour. Called by the app before anything else."""
     if services is None or scope["method"] != "GET" or not scope["path"].startswith("/images/"):
         return False
-    if services.images.config.image_urls != "gateway":
+    config = services.images.config
+    if config.image_urls != "gateway" or config.x_accel_redirect:
         return False
     for header, _value in scope["headers"]:
         if header in (b"if-none-match", b"range"):

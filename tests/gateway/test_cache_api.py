@@ -270,3 +270,24 @@ async def test_a_thumbnail_of_an_evicted_image_reads_through(s3_client) -> None:
     r = await s3_client.get(f"/images/{image_id}/thumb")
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "image/webp"
+
+
+@pytest.mark.parametrize("s3_client", [{"x_accel_redirect": "/_blobs/"}], indirect=True)
+async def test_x_accel_redirect_hands_local_files_to_nginx(s3_client) -> None:
+    url = await make_image(s3_client)
+    image_id = image_id_of(url)
+    row = await s3_client.services.images.get(image_id)
+    for _ in range(2):  # the first and the later requests alike: never from memory
+        r = await s3_client.get(url)
+        assert r.status_code == 200 and r.content == b""
+        assert r.headers["x-accel-redirect"] == "/_blobs/" + blob_key(row.sha256, row.ext)
+        assert r.headers["content-type"] == "image/png"
+    thumb = await s3_client.get(f"/images/{image_id}/thumb")
+    assert thumb.headers["x-accel-redirect"] == f"/_blobs/thumbs/{row.sha256[:2]}/{row.sha256}.webp"
+
+
+def test_x_accel_redirect_must_be_a_location() -> None:
+    from storage.config import StorageConfig, StorageConfigError
+
+    with pytest.raises(StorageConfigError, match="X_ACCEL_REDIRECT"):
+        StorageConfig(x_accel_redirect="_blobs").validate()
