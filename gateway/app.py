@@ -19,6 +19,7 @@ from gateway.auth import KeyService
 from gateway.config import ConfigSource, storage_config
 from gateway.flow.runner import FlowRunner
 from gateway.http_errors import BodySizeLimit, install_error_handlers
+from gateway.idempotency import Idempotency
 from gateway.routes import chat, files, health, images, openai_models, posts
 from gateway.routes.common import AppState
 from gateway.routes.files import send_if_hot
@@ -71,6 +72,11 @@ async def first_start_banner(settings: Settings, keys: KeyService, out=None) -> 
     else:
         lines.append("  API key         : a key you created (`inkgate keys list`)")
     print("\n".join(lines) + "\n", file=out, flush=True)
+
+
+def _services_db(app: FastAPI) -> Database | None:
+    services = getattr(app.state, "services", None)
+    return services.db if services is not None else None
 
 
 class InkGateApp(FastAPI):
@@ -150,5 +156,6 @@ def create_app(settings: Settings, *, announce: bool = False) -> FastAPI:
 
     app.include_router(admin_router)
     app.include_router(admin_api)
+    app.add_middleware(Idempotency, db=lambda: _services_db(app))
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Column, DateTime, Text, UniqueConstraint
+from sqlalchemy import Column, DateTime, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -138,3 +138,21 @@ class ResultCacheEntry(SQLModel, table=True):
     model: str = Field(index=True, max_length=200)
     image_ids: str = Field(sa_column=Column(Text, nullable=False))  # JSON list
     created_at: float = Field(default=0.0, index=True)
+
+
+class IdempotencyRecord(SQLModel, table=True):
+    """The first answer to a request sent with an `Idempotency-Key` (gateway/idempotency.py).
+
+    `id` is sha256(caller credential hash : key); `fingerprint` is sha256(path + body).
+    """
+
+    __tablename__ = "idempotency_keys"
+
+    id: str = Field(primary_key=True, max_length=64)
+    fingerprint: str = Field(max_length=64)
+    state: str = Field(default="in_progress", max_length=16)
+    status: int | None = None
+    headers: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    body: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    created_at: float = Field(default=0.0, index=True)
+    updated_at: float = 0.0
