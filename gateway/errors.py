@@ -99,6 +99,12 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
 
+class Conflict(GatewayError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"
