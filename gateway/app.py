@@ -114,6 +114,7 @@ def create_app(settings: Settings, *, announce: bool = False) -> FastAPI:
         keys = KeyService(db, settings.master_key)
         slots = UpstreamSlots(db)
         runner = FlowRunner(settings, db, image_store, lambda: source.current, slots)
+        runner.start_background()  # renews this process's jobs, resumes abandoned ones
         app.state.services = AppState(
             settings=settings,
             db=db,

@@ -100,7 +100,7 @@ class GatewayConfig:
     def model_ids(self) -> list[str]:
         ids: list[str] = []
         for name in self.post_models:
-            ids += [name, f"{name}-outline"]
+            ids += [name, f"{name}-plan"]
         ids += list(self.image_models)
         return ids
 

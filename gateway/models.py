@@ -23,9 +23,12 @@ class ResolvedModel:
 def resolve_model(config: GatewayConfig, name: str) -> ResolvedModel:
     if name in config.post_models:
         return ResolvedModel(name, "post", post=config.post_models[name], post_name=name)
-    if name.endswith("-outline") and name[: -len("-outline")] in config.post_models:
-        base = name[: -len("-outline")]
-        return ResolvedModel(name, "outline", post=config.post_models[base], post_name=base)
+    # `X-plan` answers with the outline, drawn when the user says so; `X-outline` is its
+    # older name, still accepted
+    for suffix in ("-plan", "-outline"):
+        base = name.removesuffix(suffix)
+        if name.endswith(suffix) and base in config.post_models:
+            return ResolvedModel(name, "outline", post=config.post_models[base], post_name=base)
     if name in config.image_models:
         return ResolvedModel(name, "image", image=config.image_models[name])
     raise ModelNotFound(

@@ -34,6 +34,8 @@ SETTINGS_DOC: dict[str, str] = {
     "INKGATE_SECRET_KEY": "Secret that signs download links. Default: generated once in the data dir.",
     "INKGATE_LOG_LEVEL": "Log level. Default `INFO`.",
     "INKGATE_CONFIG_RELOAD_SECONDS": "How often config files are checked for changes. Default 1.",
+    "INKGATE_FETCH_EXTERNAL_IMAGES": "`true`: image URLs from other sites in requests are fetched (SSRF-checked: public addresses only). Default `false`: only data URLs and InkGate's own image URLs are read.",
+    "INKGATE_JOB_LEASE_SECONDS": "A running post job is taken over by another process (or after a restart) when its process has not renewed it for this long. Default 30.",
     # storage (each also settable in inkgate.yaml's `storage:` section; the environment wins)
     "INKGATE_STORAGE": "Where images are kept: `local` (default), `s3` or `r2` (local disk stays the cache).",
     "INKGATE_S3_BUCKET": "Bucket name (s3 / r2).",
@@ -125,6 +127,8 @@ class Settings:
     secret_key: str | None = None
     log_level: str = "INFO"
     config_reload_seconds: float = 1.0
+    fetch_external_images: bool = False
+    job_lease_seconds: float = 30.0
     retry_base_delay: float = field(default=1.0, repr=False)
     # storage: None = not set here (inkgate.yaml's `storage:` section or the default applies)
     storage: str | None = None
@@ -180,6 +184,8 @@ class Settings:
             secret_key=env.get("INKGATE_SECRET_KEY") or None,
             log_level=(env.get("INKGATE_LOG_LEVEL") or "INFO").upper(),
             config_reload_seconds=_float(env, "INKGATE_CONFIG_RELOAD_SECONDS", 1.0),
+            fetch_external_images=_bool(env.get("INKGATE_FETCH_EXTERNAL_IMAGES") or "false"),
+            job_lease_seconds=_float(env, "INKGATE_JOB_LEASE_SECONDS", 30.0),
             storage=env.get("INKGATE_STORAGE") or None,
             s3_bucket=env.get("INKGATE_S3_BUCKET") or None,
             s3_access_key_id=env.get("INKGATE_S3_ACCESS_KEY_ID") or None,

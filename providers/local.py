@@ -2,7 +2,8 @@
 
 `local` needs no network, key or model, so a fresh install can make a whole post
 and every test can run the real flow. Outlines come from templates in the
-topic's language (RedInk's `[封面]` / `<page>` format); cards are drawn with
+topic's language (RedInk's `[封面]` / `<page>` format); the flow's post-copy and
+edit prompts get JSON answers of the shape they ask for; cards are drawn with
 Pillow in a worker thread. Fonts are looked up in `providers.fonts`.
 """
 
@@ -32,6 +33,7 @@ from providers.base import (
     ProviderOptions,
     TextProvider,
     last_user_text,
+    message_text,
 )
 from providers.registry import register
 
@@ -375,6 +377,122 @@ def answer_task(prompt: str) -> str:
     return "This offline model writes post outlines; there is nothing to do for this task."
 
 
+# --------------------------------------------------- flow tasks: copy and edits
+
+# The flow's post-copy and edit prompts carry a marker such as "[inkgate:post_copy]" in
+# their system message (gateway/flow/copy.py, gateway/flow/commands.py).
+_FLOW_TASK = re.compile(r"\[inkgate:(\w+)\]")
+_OUTLINE_SECTION = re.compile(r"^\s*(?:outline|大纲)\s*[:：]\s*\n(.*)", re.I | re.M | re.S)
+_OUTLINE_PAGE_SPLIT = re.compile(r"<\s*page\s*/?\s*>", re.I)
+
+
+def flow_task(messages: list[dict]) -> str | None:
+    """The flow task a request is for ("post_copy", "post_edit"), from the marker in its
+    system message; None for outlines, OpenWebUI tasks and plain chat."""
+    for message in messages:
+        if message.get("role") in ("system", "developer"):
+            found = _FLOW_TASK.search(message_text(message))
+            if found:
+                return found.group(1)
+    return None
+
+
+def _fit(text: str, budget: int) -> str:
+    """`text` in at most `budget` characters, cut after a whole word when one fits."""
+    if len(text) <= budget:
+        return text
+    cut = text[:budget]
+    whole = cut.rsplit(" ", 1)[0] if text[budget] != " " and " " in cut else cut
+    return whole.strip()
+
+
+def _camel_words(text: str, budget: int) -> str:
+    """A hashtag from the words of `text` ("HouseplantCare"), whole words up to `budget`."""
+    tag = ""
+    for word in re.findall(r"\w+", text):
+        word = word[:1].upper() + word[1:]
+        if tag and len(tag) + len(word) > budget:
+            break
+        tag += word
+    return tag[:budget]
+
+
+def _outline_headings(outline: str) -> list[str]:
+    """The first line of each content page, without tags and list markup."""
+    headings = []
+    for piece in _OUTLINE_PAGE_SPLIT.split(outline):
+        tag = _TAG.match(piece)
+        if not tag or _KINDS.get(tag.group(1), tag.group(1).lower()) != "content":
+            continue
+        lines = [ln.strip() for ln in piece[tag.end() :].splitlines() if ln.strip()]
+        if lines:
+            heading = re.sub(
+                r"^(?:标题|title)\s*[:：]\s*|^[#>*•\-\d.、\s]+", "", lines[0], flags=re.I
+            )
+            headings.append(_fit(heading.strip(), 30))
+    return [h for h in headings if h][:6]
+
+
+def write_copy(prompt: str) -> str:
+    """Post copy as JSON (`titles`, `copywriting`, `tags`) for the flow's copy prompt
+    ("Topic: …" and "Outline:" sections), in the topic's language: from the topic and
+    the outline's page headings (else those of `write_outline`). Deterministic."""
+    topic = extract_request(prompt)[0]
+    zh = fonts.has_cjk(topic)
+    topic = topic or ("这个主题" if zh else "this topic")
+    section = _OUTLINE_SECTION.search(prompt)
+    outline = section.group(1).strip() if section else ""
+    outline = outline or write_outline(topic, page_count_for(topic, None))
+    pages = len([p for p in _OUTLINE_PAGE_SPLIT.split(outline) if p.strip()])
+    headings = _outline_headings(outline) or ([topic] if zh else [topic[:1].upper() + topic[1:]])
+    emoji = next((e for keys, e in _EMOJI if re.search(keys, topic, re.I)), "✨")
+    points = "\n".join(f"✅ {h}" for h in headings)
+    if zh:
+        t = topic
+        titles = [
+            f"{_fit(t, 20 - 3 - len(emoji))}全攻略{emoji}",
+            f"新手必看！{_fit(t, 20 - 9)}入门指南",
+            f"关于{_fit(t, 20 - 9)}，这篇说清楚了",
+        ]
+        body = (
+            f"{emoji} 关于{t}，我把踩过的坑和攒下的经验整理成了这{pages}页笔记，"
+            "建议先收藏再慢慢看📌\n\n"
+            f"这篇你会看到：\n{points}\n\n"
+            f"💡 {t}没有想象中难，关键是先开始，再一点点调整。"
+            "不用一开始就追求完美，先完成，再慢慢变好。"
+            "每天花一点时间，一个月后回头看，变化会让你惊喜。\n\n"
+            f"你在{t}上有什么心得或者疑问？评论区一起聊聊吧👇"
+        )
+        compact = _fit("".join(t.split()), 16)
+        tags = [compact, f"{compact}攻略", f"{compact}入门", "干货分享", "新手必看", "经验分享"]
+    else:
+        t, T = topic, topic[:1].upper() + topic[1:]
+        short = _fit(T, 10)  # the three titles stay within 20 characters
+        titles = [f"{short} 101 {emoji}", f"{short} made easy", f"{short}: my tips"]
+        body = (
+            f"{emoji} Everything I learned about {t}, in {pages} pages. Save it for later 📌\n\n"
+            f"Inside:\n{points}\n\n"
+            f"💡 {T} is easier than it looks: start small and adjust as you go. "
+            "A little time every day adds up faster than you think.\n\n"
+            f"What is your best tip for {t}? Tell me in the comments 👇"
+        )
+        compact = _camel_words(t, 16)
+        tags = [compact, f"{compact}Tips", "Beginners", "HowTo", "LifeHacks", "Lifestyle"]
+    return json.dumps(
+        {"titles": titles, "copywriting": body, "tags": [tag for tag in tags if tag]},
+        ensure_ascii=False,
+    )
+
+
+def answer_edit(instruction: str) -> str:
+    """The answer to the flow's edit prompt. This model cannot understand free text, so
+    the instruction becomes a new topic: one sentence in, a post out, mid-conversation
+    too."""
+    return json.dumps(
+        {"actions": [{"op": "new_post", "text": instruction.strip()}]}, ensure_ascii=False
+    )
+
+
 # ------------------------------------------------------------------ page cards
 
 
@@ -677,6 +795,11 @@ class LocalProvider(TextProvider, ImageProvider):
         temperature: float | None = None,
         max_tokens: int | None = None,
     ) -> str:
+        task = flow_task(messages)
+        if task == "post_copy":
+            return write_copy(last_user_text(messages))
+        if task == "post_edit":
+            return answer_edit(last_user_text(messages))
         text = last_user_text(messages).strip()
         if text.startswith("### Task:"):
             return answer_task(text)
@@ -691,7 +814,8 @@ class LocalProvider(TextProvider, ImageProvider):
         temperature: float | None = None,
         max_tokens: int | None = None,
     ) -> AsyncIterator[str]:
-        # One delta per page, so a streaming client sees the outline grow.
+        # One delta per page, so a streaming client sees the outline grow (a JSON answer
+        # has no page separator and comes as one delta).
         text = await self.chat(messages)
         for i, piece in enumerate(text.split(PAGE_SEPARATOR)):
             yield piece if i == 0 else PAGE_SEPARATOR + piece

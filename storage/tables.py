@@ -48,6 +48,9 @@ class Post(SQLModel, table=True):
     page_count: int | None = None
     outline: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # JSON: the post copy (titles, body, tags) and the ids of the user's reference images
+    copy_json: str | None = Field(default=None, sa_column=Column("copy", Text, nullable=True))
+    reference_ids: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(index=True))
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
 
@@ -156,3 +159,42 @@ class IdempotencyRecord(SQLModel, table=True):
     body: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
     created_at: float = Field(default=0.0, index=True)
     updated_at: float = 0.0
+
+
+class PostJob(SQLModel, table=True):
+    """A post's generation, detached from the request that started it.
+
+    `state`: running | done | failed. `active_post_id` is the post's id while the job
+    runs and NULL after (unique: one running job per post). `claimed_by` is the
+    process running it, which renews `claimed_until` (unix seconds); a job whose
+    claim ran out is resumed by any process.
+    """
+
+    __tablename__ = "post_jobs"
+
+    id: str = Field(primary_key=True, max_length=64)
+    post_id: str = Field(index=True, max_length=64)
+    active_post_id: str | None = Field(default=None, unique=True, max_length=64)
+    state: str = Field(default="running", max_length=16, index=True)
+    outline_only: bool = False
+    claimed_by: str | None = Field(default=None, max_length=32)
+    claimed_until: float = 0.0
+    runs: int = 1
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+class PostEvent(SQLModel, table=True):
+    """A progress event of a post, in order (`seq` per post; the SSE event id)."""
+
+    __tablename__ = "post_events"
+    __table_args__ = (UniqueConstraint("post_id", "seq", name="uq_post_events_seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    post_id: str = Field(index=True, max_length=64)
+    seq: int
+    kind: str = Field(max_length=32)
+    page: int | None = None
+    data: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: float = 0.0

@@ -50,7 +50,7 @@ def test_example_config_is_valid() -> None:
 
     raw = yaml.safe_load((ROOT / "data" / "inkgate.example.yaml").read_text())
     config = build_config(ConfigFile.model_validate(raw), httpx.AsyncClient())
-    assert {"redink", "redink-outline", "poster"} <= set(config.model_ids())
+    assert {"redink", "redink-plan", "poster"} <= set(config.model_ids())
 
 
 def test_ci_runs_the_readme_test_command() -> None:

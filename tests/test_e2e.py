@@ -192,15 +192,17 @@ def zh_post(server: Server):
 
 def test_models_list(server: Server) -> None:
     ids = [m.id for m in server.sdk().models.list()]
-    assert "redink" in ids and "redink-outline" in ids
+    assert "redink" in ids and "redink-plan" in ids
 
 
 def test_chat_non_stream(server: Server, zh_post) -> None:
     message = zh_post.choices[0].message
     assert message.role == "assistant" and zh_post.choices[0].finish_reason == "stop"
-    content = message.content
+    link, _, content = message.content.partition("\n\n")
+    post_id = zh_post.model_extra["post"]["id"]
+    assert link.startswith(f"[{post_id}]: {server.base}/v1/posts/{post_id}/download?")
     assert content.startswith("**大纲**（共 4 页）")
-    assert "![第1页" in content
+    assert "![第1页" in content and "### 发布文案" in content
     urls = IMAGE_MD.findall(content)
     assert len(urls) == 4
     assert all(url.startswith(server.base) for url in urls)

@@ -19,15 +19,22 @@ MAX_SIDE = 1024
 SMALL_ENOUGH = 400 * 1024
 
 
-def _shrink(image: ImageData) -> ImageData:
+def shrink(image: ImageData, side: int, *, small_enough: int | None = None) -> ImageData:
+    """`image` with its long side at most `side` px: JPEG, or PNG when transparent.
+
+    An image that already fits comes back unchanged, unless it is larger than
+    `small_enough` bytes: then it is re-encoded, and kept only if that is smaller.
+    Bytes Pillow cannot read come back unchanged (the provider judges them).
+    """
     try:
         with Image.open(io.BytesIO(image.data)) as im:
-            if len(image.data) <= SMALL_ENOUGH and max(im.size) <= MAX_SIDE:
+            fits = max(im.size) <= side
+            if fits and (small_enough is None or len(image.data) <= small_enough):
                 return image
-            im.draft("RGB", (MAX_SIDE, MAX_SIDE))  # JPEG: decode at a reduced scale
+            im.draft("RGB", (side, side))  # JPEG: decode at a reduced scale
             has_alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
             im = im.convert("RGBA" if has_alpha else "RGB")
-            im.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
+            im.thumbnail((side, side), Image.Resampling.LANCZOS)
             out = io.BytesIO()
             if has_alpha:  # JPEG has no alpha: keep PNG for transparent references
                 im.save(out, "PNG", optimize=False, compress_level=6)
@@ -36,8 +43,12 @@ def _shrink(image: ImageData) -> ImageData:
                 im.save(out, "JPEG", quality=88, optimize=True)
                 shrunk = ImageData(out.getvalue(), "image/jpeg")
     except (UnidentifiedImageError, OSError):
-        return image  # not for us to judge: the provider gets the original
-    return shrunk if len(shrunk.data) < len(image.data) else image
+        return image
+    return shrunk if not fits or len(shrunk.data) < len(image.data) else image
+
+
+def _shrink(image: ImageData) -> ImageData:
+    return shrink(image, MAX_SIDE, small_enough=SMALL_ENOUGH)
 
 
 async def compact_reference(image: ImageData) -> ImageData:

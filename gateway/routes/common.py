@@ -1,9 +1,12 @@
-"""What routes share: the app's services and the public form of a post."""
+"""What routes share: the app's services, the public form of a post, SSE keep-alive."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from fastapi import Request
@@ -48,7 +51,10 @@ def own_image_loader(state: AppState):
         row = await state.images.get(image_id)
         if row is None:
             return None
-        return ImageData(await state.images.read(row), row.mime)
+        try:
+            return ImageData(await state.images.read(row), row.mime)
+        except FileNotFoundError:  # the row outlived its bytes: as good as gone
+            return None
 
     return load
 
@@ -67,7 +73,10 @@ async def post_public(request: Request, state: AppState, post: Post, pages: list
         "topic": post.topic,
         "status": post.status,
         "created": int(post.created_at.timestamp()),
+        "updated": int(post.updated_at.timestamp()),
+        "error": post.error,
         "download_url": signed_download_url(state.settings, base, post.id, post.owner_key_id),
+        "copy": json.loads(post.copy_json) if post.copy_json else None,
         "pages": [
             {
                 "index": page.page_index,
@@ -82,3 +91,37 @@ async def post_public(request: Request, state: AppState, post: Post, pages: list
             for page in pages
         ],
     }
+
+
+KEEPALIVE = object()
+_END = object()
+
+
+async def with_keepalive(items: AsyncIterator[Any], seconds: float) -> AsyncIterator[Any]:
+    """The items, with `KEEPALIVE` whenever `seconds` pass without one (an SSE comment
+    then keeps proxies and clients from closing a quiet stream)."""
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump() -> None:
+        try:
+            async for item in items:
+                queue.put_nowait(item)
+            queue.put_nowait(_END)
+        except Exception as exc:  # delivered to the consumer, which raises it
+            queue.put_nowait(exc)
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            try:
+                item = await asyncio.wait_for(queue.get(), seconds)
+            except TimeoutError:
+                yield KEEPALIVE
+                continue
+            if item is _END:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        task.cancel()

@@ -20,7 +20,7 @@ from gateway import result_cache
 from gateway.auth import CurrentKey, Principal
 from gateway.errors import GatewayError, InvalidRequest, UpstreamError
 from gateway.flow.outline import clamp_pages, requested_page_count
-from gateway.flow.runner import load_post
+from gateway.flow.runner import flow_event, load_post
 from gateway.http_errors import validation_error_response
 from gateway.models import ResolvedModel, aspect_ratio_for_size, resolve_model
 from gateway.references import MAX_REFERENCE_BYTES, MAX_REFERENCES, resolve_image_url
@@ -100,12 +100,12 @@ async def _post_answer(
         references=references,
         outline_only=model.kind == "outline",
     )
-    while True:
-        event = await run.events.get()
-        if event.kind == "error":
-            error: GatewayError = event.data["error"]
-            raise error
+    # the stored events: they arrive whichever process runs (or resumes) the job
+    async for event in state.runner.follow(run.post_id, run.after_seq):
         if event.kind == "finished":
+            if event.data.get("error"):
+                error: GatewayError = flow_event(event).data["error"]
+                raise error
             break
     loaded = await load_post(state.db, run.post_id)
     assert loaded is not None
@@ -178,6 +178,7 @@ async def _read_edit(
         if not isinstance(raw, dict):
             raise InvalidRequest("The JSON body must be an object")
         loader = own_image_loader(state)
+        external = state.settings.fetch_external_images
         entries = raw.pop("images", None)
         if not isinstance(entries, list) or not entries:
             raise InvalidRequest("'images' must be a list of {\"image_url\": ...}", param="images")
@@ -189,15 +190,18 @@ async def _read_edit(
                     "Each image needs an 'image_url' (file_id is not supported)",
                     param=f"images[{i}]",
                 )
+            param = f"images[{i}].image_url"
             images.append(
-                await resolve_image_url(url, state.http, loader, f"images[{i}].image_url")
+                await resolve_image_url(url, state.http, loader, param, allow_external=external)
             )
         mask = None
         if (mask_entry := raw.pop("mask", None)) is not None:
             url = mask_entry.get("image_url") if isinstance(mask_entry, dict) else None
             if not isinstance(url, str):
                 raise InvalidRequest("'mask' must be {\"image_url\": ...}", param="mask")
-            mask = await resolve_image_url(url, state.http, loader, "mask.image_url")
+            mask = await resolve_image_url(
+                url, state.http, loader, "mask.image_url", allow_external=external
+            )
         return raw, images, mask
     raise InvalidRequest(
         "Send the edit as multipart/form-data or application/json", code="unsupported_media_type"

@@ -59,7 +59,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.fakes.openai_upstream import fake_png, outline_for
+from tests.fakes.openai_upstream import fake_png, text_for
 
 DEFAULT_API_KEY = "fake-gemini-key"
 DEFAULT_IMAGE_MODEL = "gemini-2.5-flash-image"
@@ -465,6 +465,10 @@ async def models_call(request: Request) -> Response:
     ]
     is_image = "IMAGE" in modalities
     prompt_text = _last_user_text(body["contents"])
+    system = _first(body, "systemInstruction", "system_instruction") or {}
+    system_text = "\n".join(
+        str(part.get("text", "")) for part in system.get("parts", []) if isinstance(part, dict)
+    )
     prompt_tokens = len(json.dumps(body["contents"], ensure_ascii=False)) // 4 + 1
     stream = method == "streamGenerateContent"
     if stream and request.query_params.get("alt") != "sse":
@@ -490,7 +494,7 @@ async def models_call(request: Request) -> Response:
         if is_image:
             content = _image_answer(state, model, config, prompt_tokens)
             return Response(content, media_type="application/json; charset=UTF-8")
-        text = outline_for(prompt_text, state.outline_pages)
+        text = text_for(system_text, prompt_text, state)
         return JSONResponse(_text_answer(model, text, prompt_tokens, "STOP"))
 
     async def events() -> AsyncIterator[bytes]:
@@ -502,7 +506,7 @@ async def models_call(request: Request) -> Response:
             await wait(latency)
             yield _sse(_image_answer(state, model, config, prompt_tokens))
             return
-        text = outline_for(prompt_text, state.outline_pages)
+        text = text_for(system_text, prompt_text, state)
         pieces = max(1, min(8, len(text) // 20))
         step = -(-len(text) // pieces)
         await wait(latency / 2)

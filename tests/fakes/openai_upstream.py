@@ -174,6 +174,37 @@ def _last_user_text(messages: Any) -> str:
     return ""
 
 
+COPY_MARKER = "[inkgate:post_copy]"
+EDIT_MARKER = "[inkgate:post_edit]"
+
+
+def text_for(system: str, prompt: str, state: Any) -> str:
+    """What a text model answers: InkGate's post copy and edit tasks (named by a marker
+    in the system prompt) get JSON (`state.edit_answer` for edits), anything else an
+    outline."""
+    if COPY_MARKER in system:
+        topic = prompt.split("\n", 1)[0].removeprefix("Topic:").strip()[:16] or "笔记"
+        return json.dumps(
+            {
+                "titles": [f"{topic}｜一篇讲清", f"关于{topic}的 3 个真相"],
+                "copywriting": f"今天聊聊{topic} ✨\n\n收藏起来慢慢看，评论区聊聊👇",
+                "tags": [topic, "干货", "小红书"],
+            },
+            ensure_ascii=False,
+        )
+    if EDIT_MARKER in system:
+        return getattr(state, "edit_answer", None) or '{"actions": []}'
+    return outline_for(prompt, state.outline_pages)
+
+
+def _system_text(messages: Any) -> str:
+    return "\n".join(
+        _message_text(m)
+        for m in (messages if isinstance(messages, list) else [])
+        if isinstance(m, dict) and m.get("role") in ("system", "developer")
+    )
+
+
 def outline_for(prompt: str, default_pages: int) -> str:
     """A RedInk outline for the topic in `prompt` (page count from `Pages: exactly N`)."""
     match = _PAGES.search(prompt)
@@ -333,7 +364,7 @@ async def chat_completions(request: Request) -> Response:
     model = str(body.get("model") or "gpt-4o-mini")
     if "image" in model.lower():
         return await _chat_image_answer(request, body, model)
-    text = outline_for(_last_user_text(body["messages"]), state.outline_pages)
+    text = text_for(_system_text(body["messages"]), _last_user_text(body["messages"]), state)
     cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     latency = float(state.text_latency)
@@ -718,6 +749,7 @@ def create_fake_openai(
     state.text_latency = text_latency
     state.image_latency = image_latency
     state.outline_pages = outline_pages
+    state.edit_answer = None
     state.png = fake_png(image_width, image_height, image_bytes)
     state.requests = []
     state.chat_requests = 0

@@ -20,7 +20,7 @@ async def test_models_lists_redink(client: httpx.AsyncClient) -> None:
     r = await client.get("/v1/models")
     ids = [m["id"] for m in r.json()["data"]]
     assert r.json()["object"] == "list"
-    assert ids[:2] == ["redink", "redink-outline"]
+    assert ids[:2] == ["redink", "redink-plan"]
     assert all(m["object"] == "model" for m in r.json()["data"])
     assert (await client.get("/v1/models/redink")).json()["id"] == "redink"
     r = await client.get("/v1/models/nope")
@@ -38,7 +38,12 @@ async def test_chat_non_stream_returns_markdown_and_post(client: httpx.AsyncClie
     choice = body["choices"][0]
     assert choice["finish_reason"] == "stop" and choice["message"]["role"] == "assistant"
     content = choice["message"]["content"]
+    # an invisible link definition names the post first (for the next turn)
+    post_id = body["post"]["id"]
+    link, _, content = content.partition("\n\n")
+    assert re.fullmatch(rf"\[{post_id}\]: http://testserver/v1/posts/{post_id}/download\?\S+", link)
     assert content.startswith("**大纲**（共 4 页）")
+    assert "### 发布文案" in content  # the post copy, before the ZIP link
     images = IMAGE_MD.findall(content)
     assert [label for label, _ in images] == ["第1页", "第2页", "第3页", "第4页"]
     assert "⏳" not in content  # progress lines only when streaming
@@ -191,7 +196,8 @@ async def test_chat_rejects_bad_reference(client: httpx.AsyncClient) -> None:
     assert r.json()["error"]["param"] == "messages[0].content[1].image_url"
 
 
-async def test_chat_refuses_internal_reference_urls(client: httpx.AsyncClient) -> None:
+async def test_chat_refuses_external_reference_urls_by_default(client: httpx.AsyncClient) -> None:
+    # With external fetching on they are refused as not public (tests/gateway/test_ssrf.py).
     for url in (
         "http://127.0.0.1:5432/x.png",
         "http://169.254.169.254/latest",
@@ -210,4 +216,4 @@ async def test_chat_refuses_internal_reference_urls(client: httpx.AsyncClient) -
             "/v1/chat/completions", json={"model": "redink", "messages": messages}
         )
         assert r.status_code == 400, url
-        assert "public" in r.json()["error"]["message"]
+        assert "INKGATE_FETCH_EXTERNAL_IMAGES" in r.json()["error"]["message"]

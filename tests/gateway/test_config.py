@@ -156,7 +156,7 @@ async def test_reload_on_change_keeps_last_good_config(tmp_path: Path) -> None:
     async with httpx.AsyncClient() as http:
         source = ConfigSource(config, tmp_path, http, {})
         await source.load()
-        assert source.current.model_ids() == ["redink", "redink-outline"]
+        assert source.current.model_ids() == ["redink", "redink-plan"]
         assert not await source.reload_if_changed()
         write(config, "models:\n  poster: {type: image, provider: local}\n")
         assert await source.reload_if_changed()
@@ -280,7 +280,7 @@ async def test_a_post_through_redink_gemini_files(settings, monkeypatch) -> None
     assert all(q["headers"]["x-goog-api-key"] == "fake-gemini-key" for q in sent)
     text = [q for q in sent if "gemini-2.0-flash:" in q["path"]]
     images = [q for q in sent if "gemini-3-pro-image-preview:" in q["path"]]
-    assert len(text) == 1 and len(images) == 3
+    assert len(text) == 2 and len(images) == 3  # the outline, then the post copy
     config = images[0]["json"]["generationConfig"]
     assert config["imageConfig"] == {"aspectRatio": "3:4", "imageSize": "2K"}
     # pages after the cover carry it as an inlineData part before the text

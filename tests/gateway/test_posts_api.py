@@ -85,12 +85,11 @@ async def test_delete_removes_the_post_and_its_images(client, user, services) ->
 
 
 async def test_a_post_still_generating_cannot_be_deleted(client, user, services) -> None:
-    from sqlalchemy import update
-
-    from storage.tables import Post
-
     post_id = (await make_post(client, "sunset", user))["post_id"]
-    async with services.db.writing(), services.db.engine.begin() as conn:
-        await conn.execute(update(Post.__table__).values(status="generating"))
+    job = await services.runner.jobs.create(post_id, outline_only=False)  # a job running
+    assert job is not None
     r = await client.delete(f"/v1/posts/{post_id}", headers=user)
     assert r.status_code == 409 and r.json()["error"]["type"] == "invalid_request_error"
+    assert r.json()["error"]["code"] == "post_busy"
+    await services.runner.jobs.end(job.id, "done")
+    assert (await client.delete(f"/v1/posts/{post_id}", headers=user)).status_code == 200

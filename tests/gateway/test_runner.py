@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import io
+import json
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from PIL import Image as PILImage
 from sqlmodel import select
 
 from gateway.errors import ContentPolicyViolation, UpstreamError
+from gateway.flow.commands import EDIT_TASK_MARKER
+from gateway.flow.copy import COPY_TASK_MARKER
 from gateway.flow.prompts import COVER_REFERENCE_RULE
 from gateway.flow.runner import FlowEvent, PostRun
 from gateway.settings import Settings
@@ -79,6 +82,9 @@ class Script:
     big_cover: bool = False  # page 0 answers a ~4.6 MB 1080x1440 PNG
     not_an_image: set[int] = field(default_factory=set)  # pages answered with junk bytes
     text_calls: list[list[dict]] = field(default_factory=list)
+    copy_calls: list[list[dict]] = field(default_factory=list)
+    edit_calls: list[list[dict]] = field(default_factory=list)
+    edit_answer: str = '{"actions": []}'
     image_calls: list[ImageCall] = field(default_factory=list)
     log: list[tuple[str, int]] = field(default_factory=list)  # ("start" | "end", page)
     in_flight: int = 0
@@ -89,6 +95,7 @@ class Script:
 
 
 SCRIPTS: dict[str, Script] = {}
+COPY_ANSWER = {"titles": ["秋天去哪喝咖啡"], "copywriting": "正文", "tags": ["咖啡", "探店"]}
 
 
 class FakeOptions(ProviderOptions):
@@ -101,6 +108,12 @@ class FakeText(TextProvider):
 
     async def chat(self, messages, *, model=None, temperature=None, max_tokens=None) -> str:
         script = SCRIPTS[self.options.script]
+        if COPY_TASK_MARKER in str(messages[0].get("content")):
+            script.copy_calls.append(messages)
+            return json.dumps(COPY_ANSWER, ensure_ascii=False)
+        if EDIT_TASK_MARKER in str(messages[0].get("content")):
+            script.edit_calls.append(messages)
+            return script.edit_answer
         script.text_calls.append(messages)
         if script.outline_error is not None:
             raise script.outline_error
@@ -441,19 +454,6 @@ async def test_outline_only_draws_nothing(services, script: Script) -> None:
     assert script.image_calls == []
     post, pages, _ = await post_rows(services, run.post_id)
     assert post.status == "draft" and [p.status for p in pages] == ["pending"] * 3
-
-
-async def test_shutdown_marks_a_running_post_interrupted(services, script: Script) -> None:
-    script.outline_pages = 3
-    script.delay = 5
-    run = await start(services)
-    assert (await asyncio.wait_for(run.events.get(), 10)).kind == "outline"
-    while not script.image_calls:
-        await asyncio.sleep(0.01)
-    await services.runner.shutdown()
-    assert run.task is not None and run.task.cancelled()
-    post, _, _ = await post_rows(services, run.post_id)
-    assert post.status == "failed" and post.error == "interrupted"
 
 
 # -- rows ------------------------------------------------------------------------

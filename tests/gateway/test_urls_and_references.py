@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import io
 import ipaddress
 
@@ -9,7 +10,12 @@ from PIL import Image
 from starlette.requests import Request
 
 from gateway.errors import InvalidRequest
-from gateway.references import fetch_public_image, is_public_address
+from gateway.references import (
+    checked_image,
+    decode_data_url,
+    fetch_public_image,
+    is_public_address,
+)
 from gateway.settings import Settings
 from gateway.urls import base_url, check_download_signature, signed_download_url
 
@@ -150,3 +156,21 @@ async def test_fetch_rechecks_redirects_and_limits() -> None:
             )
         with pytest.raises(InvalidRequest, match="http"):
             await fetch_public_image(http, "file:///etc/passwd", param="p", resolve=resolve)
+
+
+async def test_data_urls_must_decode_as_images() -> None:
+    # PNG magic, then nonsense: the magic bytes alone would let it through.
+    garbage = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"x" * 99).decode()
+    with pytest.raises(InvalidRequest, match="damaged") as exc:
+        await decode_data_url(garbage, "p")
+    assert exc.value.status == 400 and exc.value.param == "p"
+    ok = "data:image/png;base64," + base64.b64encode(_png()).decode()
+    assert (await decode_data_url(ok, "p")).data == _png()
+
+
+async def test_a_small_file_with_a_huge_canvas_is_refused_before_decoding() -> None:
+    buf = io.BytesIO()
+    Image.new("1", (8000, 7000)).save(buf, "PNG")  # 56 MP in a few kB
+    assert len(buf.getvalue()) < 100_000
+    with pytest.raises(InvalidRequest, match="8000x7000 pixels"):
+        await checked_image(buf.getvalue(), "p")

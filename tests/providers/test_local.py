@@ -12,9 +12,18 @@ import pytest
 from PIL import Image, ImageChops
 from pydantic import ValidationError
 
+from gateway.flow.commands import Edit, build_edit_messages, parse_edit_answer
+from gateway.flow.copy import build_copy_messages, parse_copy
 from providers import fonts, local
 from providers.base import ImageData, ImageRequest
-from providers.local import LocalOptions, LocalProvider, card_size, extract_request, palette_for
+from providers.local import (
+    LocalOptions,
+    LocalProvider,
+    card_size,
+    extract_request,
+    flow_task,
+    palette_for,
+)
 
 
 @pytest.fixture
@@ -174,6 +183,67 @@ async def test_follow_up_task_answers_json(provider):
 async def test_other_tasks_get_a_short_sentence(provider):
     answer = await provider.chat(user("### Task:\nDo something else entirely."))
     assert answer and "\n" not in answer and not answer.startswith("[封面]")
+
+
+# ------------------------------------------------------ flow tasks: copy, edits
+
+
+@pytest.mark.parametrize(
+    ("topic", "zh"),
+    [("周末露营装备 5页", True), ("houseplant care for beginners", False)],
+)
+async def test_copy_answer_parses_in_the_topics_language(provider, topic, zh):
+    outline = await provider.chat(user(f"Topic: {topic}"))
+    answer = await provider.chat(build_copy_messages(topic, outline))
+    copy = parse_copy(answer)
+    assert json.loads(answer).keys() == {"titles", "copywriting", "tags"}
+    assert len(copy.titles) == 3 and all(len(title) <= 20 for title in copy.titles)
+    assert 5 <= len(copy.tags) <= 10
+    assert all(not tag.startswith("#") and " " not in tag for tag in copy.tags)
+    assert "\n\n" in copy.body and "👇" in copy.body
+    assert all(has_cjk(text) == zh for text in (copy.titles[1], copy.body, copy.tags[-1]))
+    subject = extract_request(topic)[0]
+    assert subject in copy.body
+    # the body lists the outline's content pages
+    second_page = pages_of(outline)[1].splitlines()[1]
+    assert second_page[:20] in copy.body
+    assert answer == await provider.chat(build_copy_messages(topic, outline))
+
+
+async def test_copy_without_an_outline_uses_the_template_outline(provider):
+    copy = parse_copy(await provider.chat(build_copy_messages("露营", "")))
+    assert copy.titles[0].startswith("露营") and copy.body.count("✅") >= 3
+
+
+async def test_edit_answer_makes_the_instruction_a_new_post(provider):
+    pages = [("cover", "咖啡入门"), ("content", "器具"), ("summary", "收藏")]
+    for instruction in ("把整体语气改活泼一点", "make it more playful"):
+        answer = await provider.chat(build_edit_messages(instruction, "咖啡入门", pages))
+        assert parse_edit_answer(answer, len(pages)) == [Edit("new_post", text=instruction)]
+
+
+async def test_stream_chat_answers_flow_tasks_with_the_same_json(provider):
+    for messages in (
+        build_copy_messages("tea", "[封面]\nTea\n<page>\n[内容]\nKinds\n<page>\n[总结]\nBye"),
+        build_edit_messages("第2页\n<page>\n改短", "tea", [("cover", "Tea")]),
+    ):
+        pieces = [piece async for piece in provider.stream_chat(messages)]
+        assert "".join(pieces) == await provider.chat(messages)
+        json.loads("".join(pieces))
+
+
+def test_flow_task_reads_the_marker_in_the_system_message():
+    assert flow_task(build_copy_messages("tea", "")) == "post_copy"
+    assert flow_task(build_edit_messages("x", "tea", [])) == "post_edit"
+    assert flow_task(user("Topic: tea")) is None
+    assert flow_task([{"role": "user", "content": "[inkgate:post_copy] tea"}]) is None
+    system_parts = [{"type": "text", "text": "[inkgate:post_edit]"}]
+    assert flow_task([{"role": "system", "content": system_parts}]) == "post_edit"
+
+
+async def test_a_marker_in_the_user_message_still_gets_an_outline(provider):
+    outline = await provider.chat([{"role": "user", "content": "[inkgate:post_copy] 露营"}])
+    assert outline.startswith("[封面]")
 
 
 # ---------------------------------------------------------------------- cards
