@@ -53,6 +53,7 @@ class EventLog:
         self._locks: dict[str, asyncio.Lock] = {}
         self._next: dict[str, int] = {}
         self._wake: dict[str, asyncio.Event] = {}
+        self._latest: dict[str, int] = {}  # the last seq appended here, per post
 
     async def append(
         self, post_id: str, kind: str, page: int | None = None, data: dict | None = None
@@ -82,6 +83,7 @@ class EventLog:
                     self._next.pop(post_id, None)
                     continue
                 self._next[post_id] = seq + 1
+                self._latest[post_id] = seq
                 break
             else:
                 raise RuntimeError(f"could not number an event of {post_id}")
@@ -96,6 +98,8 @@ class EventLog:
         lock = self._locks.get(post_id)
         if lock is not None and not lock.locked():
             self._locks.pop(post_id, None)
+        # readers still catching up compare against it for a moment longer
+        asyncio.get_running_loop().call_later(30, self._latest.pop, post_id, None)
 
     async def last_seq(self, post_id: str) -> int:
         table = PostEvent.__table__
@@ -118,8 +122,11 @@ class EventLog:
             ).all()
         return [StoredEvent(seq, kind, page, json.loads(data)) for seq, kind, page, data in rows]
 
-    async def wait(self, post_id: str, timeout: float) -> None:
-        """Until an event of `post_id` is appended in this process, or `timeout`."""
+    async def wait(self, post_id: str, after: int, timeout: float) -> None:
+        """Until an event of `post_id` after `after` is appended in this process, or
+        `timeout` (events of other processes are found by polling)."""
+        if self._latest.get(post_id, 0) > after:
+            return  # appended since the caller read: no wake-up to miss
         wake = self._wake.setdefault(post_id, asyncio.Event())
         try:
             await asyncio.wait_for(wake.wait(), timeout)
@@ -154,7 +161,7 @@ class EventLog:
                     for event in tail:
                         yield event
                     return
-                await self.wait(post_id, poll)
+                await self.wait(post_id, last, poll)
 
 
 class JobStore:

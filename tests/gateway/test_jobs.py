@@ -212,3 +212,15 @@ async def test_references_are_stored_and_used_after_a_resume(services, script: S
         pages = (await session.exec(select(Page).where(Page.post_id == run.post_id))).all()
     assert all(p.status == "done" for p in pages)
     await other.shutdown()
+
+
+async def test_a_reader_never_misses_an_append_made_before_it_waits(services) -> None:
+    """An event appended between a reader's read and its wait must not cost the reader
+    its poll interval (this once added a second to every other post)."""
+    log = services.runner.events
+    seq = await log.append("post_race", "page_done", 0, {})
+    async with asyncio.timeout(1):  # returns at once, not after the 30 s poll
+        await log.wait("post_race", seq - 1, timeout=30)
+    with pytest.raises(TimeoutError):  # nothing new after `seq`: it does wait
+        async with asyncio.timeout(0.2):
+            await log.wait("post_race", seq, timeout=30)
