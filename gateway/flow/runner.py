@@ -241,7 +241,7 @@ class FlowRunner:
             async with self.slots.slot(provider_name, limit):
                 return await provider.generate(request)
 
-        return await self._with_retries(call, what=f"image from {provider_name}")
+        return await self.with_retries(call, what=f"image from {provider_name}")
 
     async def shutdown(self) -> None:
         """Stop working: running jobs are released, not failed, so the next process
@@ -350,7 +350,7 @@ class FlowRunner:
                 )
 
         try:
-            copy = parse_copy(await self._with_retries(call, what=f"copy of {post.id}"))
+            copy = parse_copy(await self.with_retries(call, what=f"copy of {post.id}"))
         except (GatewayError, ValueError) as exc:
             log.warning("post %s: no copy (%s)", post.id, getattr(exc, "message", exc))
             return None
@@ -377,7 +377,7 @@ class FlowRunner:
                     messages, model=cfg.text_model, temperature=cfg.temperature
                 )
 
-        answer = await self._with_retries(outline, what=f"outline of {post.id}")
+        answer = await self.with_retries(outline, what=f"outline of {post.id}")
         pages = parse_outline(answer, max_pages=post.page_count)
         if not pages:
             raise UpstreamError("The text model returned no outline pages", retryable=False)
@@ -497,7 +497,7 @@ class FlowRunner:
                 return await provider.generate(request)
 
         try:
-            images = await self._with_retries(attempt, what=f"page {page.index} of {post.id}")
+            images = await self.with_retries(attempt, what=f"page {page.index} of {post.id}")
             if not images:
                 raise UpstreamError("The image model returned no image", retryable=False)
             stored = await self.images.write(
@@ -529,7 +529,7 @@ class FlowRunner:
         await emit(FlowEvent("page_done", page.index, {"image_id": stored.id, "ext": stored.ext}))
         return ImageData(images[0].data, stored.mime)
 
-    async def _with_retries(self, call: Callable[[], Any], *, what: str) -> Any:
+    async def with_retries(self, call: Callable[[], Any], *, what: str) -> Any:
         """`call()`, retried with backoff and jitter on transient errors, within the deadline.
 
         Every attempt gets the time left before `INKGATE_DEADLINE_SECONDS`; no retry is

@@ -181,7 +181,7 @@ async def _read_edits(
         ):
             return await provider.chat(messages, model=cfg.text_model, temperature=0.2)
 
-    answer = await state.runner._with_retries(call, what=f"edit of {post.id}")
+    answer = await state.runner.with_retries(call, what=f"edit of {post.id}")
     return parse_edit_answer(answer, len(pages), lang=lang)
 
 
