@@ -80,7 +80,8 @@ async def _send(
     return Response(content=data, media_type=mime, headers=headers)
 
 
-@router.api_route("/images/{name}", methods=["GET", "HEAD"])
+@router.get("/images/{name}")
+@router.head("/images/{name}", include_in_schema=False)
 async def get_image(name: str, request: Request) -> Response:
     state = state_of(request)
     image_id = name.rpartition(".")[0] or name
@@ -99,7 +100,8 @@ async def get_image(name: str, request: Request) -> Response:
     return await _send(state, request, ref.key, path, ref.mime, f'"{ref.sha256}"', ref.key)
 
 
-@router.api_route("/images/{image_id}/thumb", methods=["GET", "HEAD"])
+@router.get("/images/{image_id}/thumb")
+@router.head("/images/{image_id}/thumb", include_in_schema=False)
 async def get_thumbnail(image_id: str, request: Request) -> Response:
     """A WebP of at most 320 px, made on first request and kept with the image."""
     state = state_of(request)
