@@ -25,6 +25,7 @@ from gateway.routes.common import AppState
 from gateway.routes.files import send_if_hot
 from gateway.settings import Settings
 from gateway.upstream_slots import UpstreamSlots
+from gateway.usage import UsageRecorder, UsageWriter
 from storage.db import Database
 from storage.service import Storage
 
@@ -79,6 +80,11 @@ def _services_db(app: FastAPI) -> Database | None:
     return services.db if services is not None else None
 
 
+def _usage_writer(app: FastAPI) -> UsageWriter | None:
+    services = getattr(app.state, "services", None)
+    return services.usage if services is not None else None
+
+
 class InkGateApp(FastAPI):
     """FastAPI, with images already in memory answered before routing (see files.py)."""
 
@@ -115,6 +121,8 @@ def create_app(settings: Settings, *, announce: bool = False) -> FastAPI:
         slots = UpstreamSlots(db)
         runner = FlowRunner(settings, db, image_store, lambda: source.current, slots)
         runner.start_background()  # renews this process's jobs, resumes abandoned ones
+        usage = UsageWriter(db)
+        usage.start()
         app.state.services = AppState(
             settings=settings,
             db=db,
@@ -125,6 +133,7 @@ def create_app(settings: Settings, *, announce: bool = False) -> FastAPI:
             keys=keys,
             runner=runner,
             config=lambda: source.current,
+            usage=usage,
         )
         app.state.config_source = source
         watcher = asyncio.create_task(source.watch(settings.config_reload_seconds))
@@ -138,6 +147,7 @@ def create_app(settings: Settings, *, announce: bool = False) -> FastAPI:
         finally:
             watcher.cancel()
             await runner.shutdown()
+            await usage.stop()
             await storage.stop()
             await slots.release_all()
             await http.aclose()
@@ -153,10 +163,13 @@ def create_app(settings: Settings, *, announce: bool = False) -> FastAPI:
     for module in (openai_models, chat, images, posts, files, health):
         app.include_router(module.router)
     from admin.api import router as admin_api
+    from admin.keys import router as admin_keys
     from admin.routes import router as admin_router
 
     app.include_router(admin_router)
     app.include_router(admin_api)
+    app.include_router(admin_keys)
     app.add_middleware(Idempotency, db=lambda: _services_db(app))
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(UsageRecorder, writer=lambda: _usage_writer(app))
     return app

@@ -6,13 +6,14 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlmodel import select
 
 from gateway.errors import AuthenticationFailed, NotFound
+from gateway.limits import KeyLimits, check_rate
 from storage.db import Database
 from storage.tables import ApiKey, utcnow
 
@@ -32,6 +33,7 @@ class Principal:
 
     key_id: str | None
     name: str
+    limits: KeyLimits | None = None  # None: the master key, never limited
 
     @property
     def is_master(self) -> bool:
@@ -45,8 +47,9 @@ class KeyService:
         self.db = db
         self._master_hash = hash_key(master_key) if master_key else None
 
-    async def create(self, name: str) -> tuple[ApiKey, str]:
-        """A new key: the row and the plaintext (shown once, never stored)."""
+    async def create(self, name: str, **limits) -> tuple[ApiKey, str]:
+        """A new key: the row and the plaintext (shown once, never stored). `limits`
+        are `ApiKey` limit columns (`rpm=60`, `allowed_models='["redink"]'`, ...)."""
         name = name.strip()
         if not name:
             raise ValueError("a key needs a name")
@@ -56,6 +59,7 @@ class KeyService:
             name=name[:200],
             prefix=plaintext[:PREFIX_LEN],
             key_hash=hash_key(plaintext),
+            **limits,
         )
         async with self.db.session() as session:
             session.add(row)
@@ -66,6 +70,25 @@ class KeyService:
         async with self.db.session() as session:
             result = await session.exec(select(ApiKey).order_by(ApiKey.created_at))
             return list(result.all())
+
+    async def get(self, key_id: str) -> ApiKey:
+        async with self.db.session() as session:
+            row = await session.get(ApiKey, key_id)
+        if row is None:
+            raise NotFound(f"no API key with id {key_id!r}", code="key_not_found")
+        return row
+
+    async def update(self, key_id: str, **fields) -> ApiKey:
+        """Set the given columns (name, limits) of a key."""
+        async with self.db.session() as session:
+            row = await session.get(ApiKey, key_id)
+            if row is None:
+                raise NotFound(f"no API key with id {key_id!r}", code="key_not_found")
+            for name, value in fields.items():
+                setattr(row, name, value)
+            session.add(row)
+            await session.commit()
+            return row
 
     async def count(self) -> int:
         return len(await self.list())
@@ -100,14 +123,19 @@ class KeyService:
             if match is None or match.revoked_at is not None:
                 return None
             now = utcnow()
+            if match.expires_at is not None and now >= _aware(match.expires_at):
+                return None
             last = match.last_used_at
-            if last is not None and last.tzinfo is None:
-                last = last.replace(tzinfo=now.tzinfo)
-            if last is None or now - last > LAST_USED_RESOLUTION:
+            if last is None or now - _aware(last) > LAST_USED_RESOLUTION:
                 match.last_used_at = now
                 session.add(match)
                 await session.commit()
-            return Principal(key_id=match.id, name=match.name)
+            return Principal(key_id=match.id, name=match.name, limits=KeyLimits.of(match))
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite gives back naive datetimes; every stored time is UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def bearer_token(request: Request) -> str:
@@ -128,8 +156,11 @@ async def require_key(request: Request) -> Principal:
     principal = await request.app.state.services.keys.verify(token)
     if principal is None:
         # never echo the presented key
-        raise AuthenticationFailed("Incorrect API key provided, or the key was revoked.")
+        raise AuthenticationFailed(
+            "Incorrect API key provided, or the key was revoked or has expired."
+        )
     request.state.principal = principal
+    await check_rate(request.app.state.services.db, principal)
     return principal
 
 

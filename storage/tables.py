@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Column, DateTime, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import Column, DateTime, Index, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -17,7 +17,12 @@ def _ts(nullable: bool = False, index: bool = False) -> Column:
 
 
 class ApiKey(SQLModel, table=True):
-    """An API key. Only the sha256 of the key is stored; `prefix` is shown to people."""
+    """An API key. Only the sha256 of the key is stored; `prefix` is shown to people.
+
+    Limits (gateway/limits.py), each NULL for none: `allowed_models` (a JSON list of
+    model ids), `rpm` (requests per minute), `max_concurrent_posts`,
+    `daily_image_quota` (images stored per UTC day), `expires_at`.
+    """
 
     __tablename__ = "api_keys"
 
@@ -28,6 +33,45 @@ class ApiKey(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
     last_used_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
     revoked_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    allowed_models: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    rpm: int | None = None
+    max_concurrent_posts: int | None = None
+    daily_image_quota: int | None = None
+    expires_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+
+
+class KeyRateWindow(SQLModel, table=True):
+    """Requests of a key in one minute (`window_start`, unix seconds), for its `rpm`."""
+
+    __tablename__ = "key_rate_windows"
+
+    key_id: str = Field(primary_key=True, max_length=32)
+    window_start: int = Field(primary_key=True)
+    hits: int = 0
+
+
+class UsageRow(SQLModel, table=True):
+    """One `/v1` request (gateway/usage.py). No prompt, answer or credential is kept.
+
+    `key_id` is None for the master key; `endpoint` the route's path template;
+    `created_at` unix seconds of its start; `latency_ms` until its last byte.
+    """
+
+    __tablename__ = "usage"
+    __table_args__ = (Index("ix_usage_key_created", "key_id", "created_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: float = Field(default=0.0, index=True)
+    key_id: str | None = Field(default=None, max_length=32)
+    key_name: str | None = Field(default=None, max_length=200)
+    model: str | None = Field(default=None, max_length=200)
+    method: str = Field(default="POST", max_length=8)
+    endpoint: str = Field(max_length=200)
+    status: int = 0
+    latency_ms: float = 0.0
+    pages: int | None = None
+    images: int | None = None
+    post_id: str | None = Field(default=None, max_length=64)
 
 
 class Post(SQLModel, table=True):

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from gateway import usage
 from gateway.auth import CurrentKey
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.flow.commands import (
@@ -27,6 +28,7 @@ from gateway.flow.editing import DRAWING_OPS, PageDraft, apply_edits, save_pages
 from gateway.flow.outline import requested_page_count
 from gateway.flow.render import TEXT, Piece, PostMarkdown, language_of, replay
 from gateway.flow.runner import flow_event, load_post
+from gateway.limits import check_image_quota, check_model, check_new_post
 from gateway.models import ResolvedModel, resolve_model
 from gateway.references import collect_edit_references, collect_references
 from gateway.routes.common import (
@@ -323,6 +325,7 @@ async def _image_answer(
     base = base_url(state.settings, request)
     for i, image in enumerate(images):
         row = await state.images.put(image.data, owner_key_id=key.key_id)
+        usage.add_images(request, 1)
         yield Piece(f"![image {i + 1}]({image_url(base, row.id, row.ext)})\n\n")
 
 
@@ -330,21 +333,27 @@ async def _image_answer(
 async def chat_completions(body: ChatCompletionRequest, request: Request, key: CurrentKey):
     state = state_of(request)
     model = resolve_model(state.config(), body.model)
+    usage.note(request, model=model.name)
+    check_model(key, model)
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
     last_user = next((m for m in reversed(messages) if m.get("role") == "user"), None)
     if last_user is None:
         raise InvalidRequest("The messages need at least one user message", param="messages")
     text = message_text(last_user).strip()
-    holder: dict = {}
+    # the usage row's notes: `post_id` lands there once the post exists
+    holder: dict = request.scope.setdefault("state", {}).setdefault(usage.NOTE, {})
     if _is_task_prompt(text):
         pieces = _task_answer(state, model, messages)
     elif not text:
         raise InvalidRequest("The last user message has no text (the topic)", param="messages")
     elif model.kind == "image":
+        await check_image_quota(state.db, key)
         pieces = _image_answer(request, state, key, model, text, messages)
     elif (loaded := await _conversation_post(state, key, messages)) is not None:
+        await check_image_quota(state.db, key)  # an edit may redraw pages
         pieces = _followup_answer(request, state, key, model, loaded, text, messages, holder)
     else:
+        await check_new_post(state.db, key, draws=model.kind == "post")
         pieces = _post_answer(request, state, key, model, text, messages, holder)
 
     cid = "chatcmpl-" + secrets.token_hex(12)

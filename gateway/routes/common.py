@@ -17,6 +17,7 @@ from gateway.config import GatewayConfig
 from gateway.flow.runner import FlowRunner
 from gateway.settings import Settings
 from gateway.urls import base_url, image_url, signed_download_url
+from gateway.usage import UsageWriter
 from providers.base import ImageData
 from storage.blobs import LocalBlobStore
 from storage.db import Database
@@ -38,6 +39,7 @@ class AppState:
     keys: KeyService
     runner: FlowRunner
     config: Callable[[], GatewayConfig]
+    usage: UsageWriter | None = None
 
 
 def state_of(request: Request) -> AppState:

@@ -22,12 +22,14 @@ from gateway.errors import GatewayError, InvalidRequest, UpstreamError
 from gateway.flow.outline import clamp_pages, requested_page_count
 from gateway.flow.runner import flow_event, load_post
 from gateway.http_errors import validation_error_response
+from gateway.limits import check_image_quota, check_model, check_new_post
 from gateway.models import ResolvedModel, aspect_ratio_for_size, resolve_model
 from gateway.references import MAX_REFERENCE_BYTES, MAX_REFERENCES, resolve_image_url
 from gateway.result_cache import request_key
 from gateway.routes.common import AppState, own_image_loader, state_of
 from gateway.schemas import ImageEditRequest, ImageGenerationRequest
 from gateway.urls import base_url, image_url
+from gateway.usage import note
 from providers.base import ImageData, ImageRequest
 from storage.tables import Image
 
@@ -46,9 +48,14 @@ async def _item(state, request: Request, row: Image, fmt: str, revised: str | No
     return item
 
 
-def _model_for(state: AppState, name: str | None) -> ResolvedModel:
+def _model_for(
+    state: AppState, request: Request, key: Principal, name: str | None
+) -> ResolvedModel:
     config = state.config()
-    return resolve_model(config, name or next(iter(config.post_models), "redink"))
+    model = resolve_model(config, name or next(iter(config.post_models), "redink"))
+    note(request, model=model.name)
+    check_model(key, model)
+    return model
 
 
 async def _image_model_answer(
@@ -73,8 +80,10 @@ async def _image_model_answer(
     cache_key = request_key(model.name, model.image.provider, image_request) if ttl else None
     rows = await result_cache.lookup(state.images, cache_key, ttl) if cache_key else None
     if rows is None:
+        await check_image_quota(state.db, key, image_request.n)
         images = await state.runner.generate_image(model.image.provider, image_request)
         rows = [await state.images.put(img.data, owner_key_id=key.key_id) for img in images]
+        note(request, images=len(rows))
         if cache_key:
             await result_cache.remember(state.images, cache_key, model.name, rows)
     fmt = body.response_format or "url"
@@ -91,6 +100,7 @@ async def _post_answer(
     assert model.post is not None and model.post_name is not None
     n = body.n
     page_count = clamp_pages(n) if n and n >= 2 else requested_page_count(body.prompt)
+    await check_new_post(state.db, key, draws=model.kind == "post")
     run = await state.runner.start(
         topic=body.prompt,
         model=model.post_name,
@@ -100,6 +110,7 @@ async def _post_answer(
         references=references,
         outline_only=model.kind == "outline",
     )
+    note(request, post_id=run.post_id)
     # the stored events: they arrive whichever process runs (or resumes) the job
     async for event in state.runner.follow(run.post_id, run.after_seq):
         if event.kind == "finished":
@@ -127,7 +138,7 @@ async def _post_answer(
 @router.post("/v1/images/generations")
 async def generate_images(body: ImageGenerationRequest, request: Request, key: CurrentKey):
     state = state_of(request)
-    model = _model_for(state, body.model)
+    model = _model_for(state, request, key, body.model)
     if model.kind == "image":
         return await _image_model_answer(state, request, key, model, body)
     return await _post_answer(state, request, key, model, body)
@@ -224,7 +235,7 @@ async def edit_images(request: Request, key: CurrentKey):
         )
     if len(images) > MAX_REFERENCES:
         raise InvalidRequest(f"At most {MAX_REFERENCES} images", param="image")
-    model = _model_for(state, body.model)
+    model = _model_for(state, request, key, body.model)
     if model.kind == "image":
         return await _image_model_answer(state, request, key, model, body, tuple(images), mask)
     if mask is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from gateway.auth import CurrentKey
+from gateway.limits import check_model
 from gateway.models import resolve_model
 from gateway.routes.common import state_of
 
@@ -18,12 +19,16 @@ def _model(model_id: str) -> dict:
 
 
 @router.get("/v1/models")
-async def list_models(request: Request, _: CurrentKey) -> dict:
+async def list_models(request: Request, key: CurrentKey) -> dict:
+    """The models the calling key may use."""
     config = state_of(request).config()
-    return {"object": "list", "data": [_model(m) for m in config.model_ids()]}
+    ids = config.model_ids()
+    if key.limits is not None:
+        ids = key.limits.visible(ids, config.post_models)
+    return {"object": "list", "data": [_model(m) for m in ids]}
 
 
 @router.get("/v1/models/{model_id}")
-async def get_model(model_id: str, request: Request, _: CurrentKey) -> dict:
-    resolve_model(state_of(request).config(), model_id)
+async def get_model(model_id: str, request: Request, key: CurrentKey) -> dict:
+    check_model(key, resolve_model(state_of(request).config(), model_id))
     return _model(model_id)

@@ -28,6 +28,7 @@ from gateway.flow.export import build_long, build_pdf, build_zip
 from gateway.flow.jobs import StoredEvent
 from gateway.flow.outline import MAX_PAGES, MIN_PAGES
 from gateway.flow.runner import load_post
+from gateway.limits import check_image_quota, check_model, check_new_post
 from gateway.models import ASPECT_RATIOS, resolve_model
 from gateway.references import MAX_REFERENCES, resolve_image_url
 from gateway.routes.common import (
@@ -39,6 +40,7 @@ from gateway.routes.common import (
     with_keepalive,
 )
 from gateway.urls import base_url, check_download_signature, image_url
+from gateway.usage import note
 from storage.tables import Image, Page, Post, PostEvent, PostJob
 
 router = APIRouter()
@@ -60,7 +62,9 @@ async def download_post(
     if token:
         principal = await state.keys.verify(token)
         if principal is None:
-            raise AuthenticationFailed("Incorrect API key provided, or the key was revoked.")
+            raise AuthenticationFailed(
+                "Incorrect API key provided, or the key was revoked or has expired."
+            )
         allowed = loaded is not None and (
             principal.is_master or loaded[0].owner_key_id == principal.key_id
         )
@@ -311,6 +315,8 @@ async def create_post(body: CreatePost, request: Request, key: CurrentKey) -> di
     every page. Returns at once; follow `GET /v1/posts/{id}/events` or poll the post."""
     state = state_of(request)
     model = resolve_model(state.config(), body.model)
+    note(request, model=model.name)
+    check_model(key, model)
     if model.kind == "image":
         raise InvalidRequest(
             f"The model {body.model!r} is an image model; posts need a post model such as 'redink'",
@@ -342,6 +348,8 @@ async def create_post(body: CreatePost, request: Request, key: CurrentKey) -> di
                 allow_external=state.settings.fetch_external_images,
             )
         )
+    outline_only = body.mode == "outline" or model.kind == "outline"
+    await check_new_post(state.db, key, draws=not outline_only)
     run = await state.runner.start(
         topic=body.topic.strip(),
         model=model.post_name or body.model,
@@ -349,9 +357,10 @@ async def create_post(body: CreatePost, request: Request, key: CurrentKey) -> di
         page_count=body.page_count,
         aspect_ratio=body.aspect_ratio,
         references=tuple(refs),
-        outline_only=body.mode == "outline" or model.kind == "outline",
+        outline_only=outline_only,
         pages=pages,
     )
+    note(request, post_id=run.post_id)
     return await _post_answer(request, state, run.post_id)
 
 
@@ -397,6 +406,7 @@ async def generate_post(post_id: str, request: Request, key: CurrentKey) -> dict
     state = state_of(request)
     _post, pages = await _own_post(state, key, post_id)
     await _not_running(state, post_id)
+    await check_image_quota(state.db, key)
     await _set_pending(state, post_id, [p.page_index for p in pages if p.status != "done"])
     await _submit(state, post_id)
     return await _post_answer(request, state, post_id)
@@ -417,6 +427,7 @@ async def regenerate_page(
     if not any(p.page_index == index for p in pages):
         raise NotFound(f"The post has no page {index}", code="page_not_found", param="index")
     await _not_running(state, post_id)
+    await check_image_quota(state.db, key)
     text = body.text.strip() if body and body.text else None
     await _set_pending(state, post_id, [index], text=text)
     await _submit(state, post_id)
@@ -431,6 +442,7 @@ async def retry_failed(post_id: str, request: Request, key: CurrentKey) -> dict:
     if not failed:
         raise InvalidRequest("The post has no failed pages", code="no_failed_pages")
     await _not_running(state, post_id)
+    await check_image_quota(state.db, key)
     await _set_pending(state, post_id, failed)
     await _submit(state, post_id)
     return await _post_answer(request, state, post_id)

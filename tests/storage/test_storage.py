@@ -31,7 +31,7 @@ async def test_migrations_create_the_tables_and_are_idempotent(db: Database) -> 
         tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
         version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
     assert {"api_keys", "posts", "pages", "images", "alembic_version"} <= tables
-    assert version == "0005"
+    assert version == "0006"
 
 
 async def test_sqlite_uses_wal(tmp_path) -> None:
