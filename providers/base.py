@@ -102,6 +102,9 @@ class Provider:
 
     type: ClassVar[str] = ""
     Options: ClassVar[type[ProviderOptions]] = ProviderOptions
+    # The option fields that hold secrets: never logged, shown or put in an error message
+    # (the dashboard masks them). A provider whose secrets have other names overrides it.
+    SECRET_FIELDS: ClassVar[tuple[str, ...]] = ("api_key",)
 
     def __init__(self, name: str, options: ProviderOptions, http: httpx.AsyncClient) -> None:
         self.name = name
@@ -158,26 +161,41 @@ class ImageProvider(Provider):
 
 @dataclass(frozen=True)
 class VideoStatus:
-    """The state of a video job: `status` is queued | running | succeeded | failed."""
+    """The state of a video job: `status` is queued | running | succeeded | failed.
+
+    `result_url` (and `duration`, seconds, when the upstream says) are set once the job
+    succeeded; `error` is the upstream's reason when it failed.
+    """
 
     status: str
     progress: float | None = None
     result_url: str | None = None
     result: bytes | None = None
     error: str | None = None
+    duration: float | None = None
 
 
 class VideoProvider(Provider):
     """A submit-then-poll video model."""
 
     async def submit(
-        self, prompt: str, *, first_frame: ImageData | None = None, **params: Any
+        self,
+        prompt: str,
+        *,
+        first_frame: ImageData | None = None,
+        last_frame: ImageData | None = None,
+        **params: Any,
     ) -> str:
-        """Start a job; returns the upstream task id."""
+        """Start a job; returns a task id that `poll` understands (an opaque string).
+
+        `first_frame` / `last_frame` make an image-to-video job; `params` are the
+        provider's own (duration, mode, ...). Invalid inputs raise `InvalidRequest`
+        before any upstream call; upstream failures raise `GatewayError` subclasses.
+        """
         raise NotImplementedError
 
     async def poll(self, task_id: str) -> VideoStatus:
-        """The job's current status."""
+        """The job's current status (one upstream call). Raises `GatewayError` subclasses."""
         raise NotImplementedError
 
 

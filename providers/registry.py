@@ -30,7 +30,7 @@ def register(type_name: str) -> Callable[[P], P]:
 
 def _load_builtins() -> None:
     # Importing a module registers its classes.
-    from providers import gemini, local, openai, vidsme  # noqa: F401
+    from providers import gemini, kling, local, openai, vidsme  # noqa: F401
 
 
 def provider_types() -> dict[str, type[Provider]]:

@@ -319,6 +319,7 @@ class VidsmeProvider(ImageProvider):
     """Text to image on a vidsme-style signed job API (one job per image)."""
 
     Options: ClassVar[type[ProviderOptions]] = VidsmeOptions
+    SECRET_FIELDS: ClassVar[tuple[str, ...]] = ("salt",)
     options: VidsmeOptions
 
     def __init__(self, name: str, options: ProviderOptions, http: httpx.AsyncClient) -> None:
