@@ -1,16 +1,16 @@
-"""`/admin/api`: JSON for the dashboard. Until the dashboard's sign-in exists it takes
-`Authorization: Bearer $INKGATE_MASTER_KEY` only."""
+"""`/admin/api`: JSON for the dashboard. It takes a dashboard session (with its CSRF
+token on writes) or `Authorization: Bearer $INKGATE_MASTER_KEY` (admin/auth.py)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
-from gateway.auth import Principal, require_key
-from gateway.errors import InvalidRequest, NotFound, PermissionDenied
+from admin.auth import Admin as AdminAuthenticated
+from gateway.errors import InvalidRequest, NotFound
 from gateway.probe import probe_all
 from gateway.routes.common import state_of
 from gateway.urls import base_url, image_url
@@ -19,13 +19,7 @@ from storage.lifecycle import STATES
 router = APIRouter(prefix="/admin/api", tags=["admin"])
 
 
-async def require_master(principal: Annotated[Principal, Depends(require_key)]) -> Principal:
-    if not principal.is_master:
-        raise PermissionDenied("The admin API needs the master key (INKGATE_MASTER_KEY).")
-    return principal
-
-
-Admin = Annotated[Principal, Depends(require_master)]
+Admin = AdminAuthenticated
 
 
 @router.get("/providers/test")

@@ -84,7 +84,7 @@ def _columns(state: AppState, body: KeyLimitsIn) -> dict:
     return out
 
 
-def _key_public(row: ApiKey, today: dict[str, tuple[int, int]]) -> dict:
+def key_public(row: ApiKey, today: dict[str, tuple[int, int]]) -> dict:
     requests, images = today.get(row.id, (0, 0))
     return {
         "id": row.id,
@@ -106,7 +106,7 @@ def _key_public(row: ApiKey, today: dict[str, tuple[int, int]]) -> dict:
     }
 
 
-async def _usage_today(state: AppState, key_ids: list[str] | None = None) -> dict:
+async def usage_today(state: AppState, key_ids: list[str] | None = None) -> dict:
     """key id → (requests, images stored) since 00:00 UTC."""
     now = time.time()
     midnight = utc_midnight(now)
@@ -134,8 +134,8 @@ async def list_keys(request: Request, _: Admin) -> dict:
     """Every key: prefix, times, limits and today's usage. Never the key or its hash."""
     state = state_of(request)
     rows = await state.keys.list()
-    today = await _usage_today(state)
-    return {"object": "list", "data": [_key_public(row, today) for row in rows]}
+    today = await usage_today(state)
+    return {"object": "list", "data": [key_public(row, today) for row in rows]}
 
 
 @router.post("/keys", status_code=201)
@@ -146,7 +146,7 @@ async def create_key(request: Request, _: Admin, body: CreateKey) -> dict:
     if not name:
         raise InvalidRequest("A key needs a name", param="name")
     row, plaintext = await state.keys.create(name, **_columns(state, body))
-    return {**_key_public(row, {}), "key": plaintext}
+    return {**key_public(row, {}), "key": plaintext}
 
 
 @router.patch("/keys/{key_id}")
@@ -159,7 +159,7 @@ async def update_key(request: Request, _: Admin, key_id: str, body: UpdateKey) -
             raise InvalidRequest("A key needs a name", param="name")
         fields["name"] = body.name.strip()
     row = await state.keys.update(key_id, **fields) if fields else await state.keys.get(key_id)
-    return _key_public(row, await _usage_today(state, [row.id]))
+    return key_public(row, await usage_today(state, [row.id]))
 
 
 @router.delete("/keys/{key_id}")
@@ -168,7 +168,7 @@ async def revoke_key(request: Request, _: Admin, key_id: str) -> dict:
     state = state_of(request)
     await state.keys.get(key_id)  # 404 in the key_not_found shape
     row = await state.keys.revoke(key_id)
-    return _key_public(row, await _usage_today(state, [row.id]))
+    return key_public(row, await usage_today(state, [row.id]))
 
 
 # -- usage and the overview -----------------------------------------------------
@@ -246,7 +246,10 @@ async def list_usage(
 async def stats(request: Request, _: Admin) -> dict:
     """The overview: today's (UTC) requests, posts, images and failures; storage;
     configured providers."""
-    state = state_of(request)
+    return await collect_stats(state_of(request))
+
+
+async def collect_stats(state: AppState) -> dict:
     midnight = utc_midnight(time.time())
     t = UsageRow.__table__
     today = t.c.created_at >= midnight.timestamp()

@@ -14,6 +14,7 @@ import anyio
 import httpx
 from fastapi import FastAPI
 
+from admin.auth import AdminAuth
 from gateway import __version__
 from gateway.auth import KeyService
 from gateway.config import ConfigSource, storage_config
@@ -25,7 +26,7 @@ from gateway.routes.common import AppState
 from gateway.routes.files import send_if_hot
 from gateway.settings import Settings
 from gateway.upstream_slots import UpstreamSlots
-from gateway.usage import UsageRecorder, UsageWriter
+from gateway.usage import RetentionSweep, UsageRecorder, UsageWriter
 from storage.db import Database
 from storage.service import Storage
 
@@ -52,8 +53,11 @@ def local_base_url(settings: Settings) -> str:
     return f"http://{host}:{settings.port}"
 
 
-async def first_start_banner(settings: Settings, keys: KeyService, out=None) -> None:
-    """Print where the gateway is; on the very first start also a new API key, once."""
+async def first_start_banner(
+    settings: Settings, keys: KeyService, out=None, *, admin: AdminAuth | None = None
+) -> None:
+    """Print where the gateway is; on the very first start also a new API key, once; and
+    while no dashboard admin exists, a one-time setup token for `/admin/setup`."""
     out = out or sys.stdout
     base = local_base_url(settings)
     lines = [
@@ -72,6 +76,11 @@ async def first_start_banner(settings: Settings, keys: KeyService, out=None) -> 
         lines.append("  API key         : the INKGATE_MASTER_KEY you set, or any key you created")
     else:
         lines.append("  API key         : a key you created (`inkgate keys list`)")
+    if admin is not None and (token := await admin.new_setup_token()) is not None:
+        lines += [
+            f"  Dashboard setup : open {base}/admin/setup and enter {token}",
+            "  (one-time, 24 h; INKGATE_MASTER_KEY works too. Creates the first admin.)",
+        ]
     print("\n".join(lines) + "\n", file=out, flush=True)
 
 
@@ -118,11 +127,16 @@ def create_app(settings: Settings, *, announce: bool = False) -> FastAPI:
         blobs, image_store = storage.images.blobs, storage.images
         await storage.start()
         keys = KeyService(db, settings.master_key)
+        admin = AdminAuth(
+            db, session_hours=settings.admin_session_hours, master_key=settings.master_key
+        )
         slots = UpstreamSlots(db)
         runner = FlowRunner(settings, db, image_store, lambda: source.current, slots)
         runner.start_background()  # renews this process's jobs, resumes abandoned ones
         usage = UsageWriter(db)
         usage.start()
+        retention = RetentionSweep(db, settings.usage_retention_days)  # usage rows, sessions
+        retention.start()
         app.state.services = AppState(
             settings=settings,
             db=db,
@@ -134,11 +148,12 @@ def create_app(settings: Settings, *, announce: bool = False) -> FastAPI:
             runner=runner,
             config=lambda: source.current,
             usage=usage,
+            admin=admin,
         )
         app.state.config_source = source
         watcher = asyncio.create_task(source.watch(settings.config_reload_seconds))
         if announce:
-            await first_start_banner(settings, keys)
+            await first_start_banner(settings, keys, admin=admin)
             # Everything imported so far lives as long as the process: keep the garbage
             # collector from rescanning it on every full collection.
             gc.freeze()
@@ -147,6 +162,7 @@ def create_app(settings: Settings, *, announce: bool = False) -> FastAPI:
         finally:
             watcher.cancel()
             await runner.shutdown()
+            await retention.stop()
             await usage.stop()
             await storage.stop()
             await slots.release_all()
@@ -163,12 +179,18 @@ def create_app(settings: Settings, *, announce: bool = False) -> FastAPI:
     for module in (openai_models, chat, images, posts, files, health):
         app.include_router(module.router)
     from admin.api import router as admin_api
+    from admin.cache_api import router as admin_cache
     from admin.keys import router as admin_keys
-    from admin.routes import router as admin_router
+    from admin.logs_api import router as admin_logs
+    from admin.posts_api import router as admin_posts
+    from admin.views import install as install_dashboard
 
-    app.include_router(admin_router)
+    install_dashboard(app)
     app.include_router(admin_api)
+    app.include_router(admin_cache)
     app.include_router(admin_keys)
+    app.include_router(admin_posts)
+    app.include_router(admin_logs)
     app.add_middleware(Idempotency, db=lambda: _services_db(app))
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(UsageRecorder, writer=lambda: _usage_writer(app))

@@ -1,4 +1,4 @@
-"""The `inkgate` command: `serve` and `keys create | list | revoke`."""
+"""The `inkgate` command: `serve`, `keys`, `admin`, `providers test` and `cache`."""
 
 from __future__ import annotations
 
@@ -120,6 +120,51 @@ async def _keys(args: argparse.Namespace) -> int:
         await db.dispose()
 
 
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    import getpass
+
+    first = getpass.getpass("New password: ")
+    if getpass.getpass("Again: ") != first:
+        raise ValueError("the two passwords differ")
+    return first
+
+
+async def _admin(args: argparse.Namespace) -> int:
+    """`inkgate admin setup-token | create-user | reset-password`: dashboard users."""
+    from admin.auth import AdminAuth
+    from gateway.errors import GatewayError
+    from storage.db import Database
+
+    settings = _settings(args)
+    db = Database(settings.database_url)
+    try:
+        await db.migrate()
+        admin = AdminAuth(db)
+        if args.admin_command == "setup-token":
+            token = await admin.new_setup_token()
+            if token is None:
+                print("An admin exists already: sign in, or use `inkgate admin reset-password`.")
+                return 1
+            print(f"Open /admin/setup and enter (one-time, 24 h):\n{token}")
+            return 0
+        try:
+            password = _read_password(args)
+            if args.admin_command == "create-user":
+                await admin.add_user(args.username, password)
+                print(f"Created admin {args.username!r}.")
+            else:
+                await admin.reset_password(args.username, password)
+                print(f"New password set for {args.username!r}; their sessions were ended.")
+        except (GatewayError, ValueError) as exc:
+            print(getattr(exc, "message", str(exc)), file=sys.stderr)
+            return 1
+        return 0
+    finally:
+        await db.dispose()
+
+
 async def _providers_test(args: argparse.Namespace) -> int:
     import httpx
 
@@ -197,6 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub.add_parser("list", help="list keys", parents=[data_dir])
     p_revoke = keys_sub.add_parser("revoke", help="revoke a key", parents=[data_dir])
     p_revoke.add_argument("id")
+    p_admin = sub.add_parser("admin", help="dashboard users")
+    p_admin.add_argument("--data-dir", help="data directory (default ./data)")
+    admin_sub = p_admin.add_subparsers(dest="admin_command", required=True)
+    admin_sub.add_parser(
+        "setup-token", help="a new one-time token for /admin/setup", parents=[data_dir]
+    )
+    for name, text in (("create-user", "add an admin"), ("reset-password", "set a password")):
+        p_user = admin_sub.add_parser(name, help=text, parents=[data_dir])
+        p_user.add_argument("username")
+        p_user.add_argument(
+            "--password-stdin", action="store_true", help="read the password from stdin"
+        )
     p_providers = sub.add_parser("providers", help="check the configured upstreams")
     p_providers.add_argument("--data-dir", help="data directory (default ./data)")
     prov_sub = p_providers.add_subparsers(dest="providers_command", required=True)
@@ -223,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_providers_test(args))
     if args.command == "cache":
         return asyncio.run(_cache(args))
+    if args.command == "admin":
+        return asyncio.run(_admin(args))
     return asyncio.run(_keys(args))
 
 

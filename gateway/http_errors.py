@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import GatewayError, PayloadTooLarge, error_body
+from gateway.usage import note_error
 
 log = logging.getLogger("inkgate.http")
 
@@ -39,11 +40,15 @@ def _param(loc: tuple) -> str | None:
 
 
 def validation_error_response(exc: RequestValidationError) -> JSONResponse:
+    return JSONResponse(validation_error_body(exc), 400)
+
+
+def validation_error_body(exc: RequestValidationError) -> dict:
     errors = exc.errors()
     first = errors[0] if errors else {}
     if first.get("type") == "json_invalid":
         message = "We could not parse the JSON body of your request: it is not valid JSON."
-        return JSONResponse(error_body(message, "invalid_request_error", "invalid_json"), 400)
+        return error_body(message, "invalid_request_error", "invalid_json")
     param = _param(tuple(first.get("loc", ())))
     msg = first.get("msg", "invalid value")
     if first.get("type") == "missing":
@@ -55,24 +60,29 @@ def validation_error_response(exc: RequestValidationError) -> JSONResponse:
     else:
         message = f"Invalid value for '{param}': {msg}." if param else f"Invalid request: {msg}."
         code = "invalid_value"
-    return JSONResponse(error_body(message, "invalid_request_error", code, param), 400)
+    return error_body(message, "invalid_request_error", code, param)
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    # each handler also says why the request failed, for its usage row (gateway/usage.py)
     @app.exception_handler(GatewayError)
-    async def gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
+    async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
+        note_error(request, exc.code, exc.message)
         return JSONResponse(exc.body(), exc.status, headers=exc.headers())
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return validation_error_response(exc)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        body = validation_error_body(exc)
+        note_error(request, body["error"]["code"], body["error"]["message"])
+        return JSONResponse(body, 400)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         type_, code = _STATUS_CODES.get(exc.status_code, ("api_error", "http_error"))
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
         if exc.status_code == 404 and message == "Not Found":
             message = "Unknown URL. See /docs for the API."
+        note_error(request, code, message)
         return JSONResponse(
             error_body(message, type_, code), exc.status_code, headers=getattr(exc, "headers", None)
         )

@@ -35,7 +35,9 @@ SETTINGS_DOC: dict[str, str] = {
     "INKGATE_LOG_LEVEL": "Log level. Default `INFO`.",
     "INKGATE_CONFIG_RELOAD_SECONDS": "How often config files are checked for changes. Default 1.",
     "INKGATE_FETCH_EXTERNAL_IMAGES": "`true`: image URLs from other sites in requests are fetched (SSRF-checked: public addresses only). Default `false`: only data URLs and InkGate's own image URLs are read.",
+    "INKGATE_ADMIN_SESSION_HOURS": "A dashboard session ends after this many hours without use. Default 12.",
     "INKGATE_JOB_LEASE_SECONDS": "A running post job is taken over by another process (or after a restart) when its process has not renewed it for this long. Default 30.",
+    "INKGATE_USAGE_RETENTION_DAYS": "Usage rows (the dashboard's request log) older than this are deleted, hourly. Default 90; 0 = forever.",
     # storage (each also settable in inkgate.yaml's `storage:` section; the environment wins)
     "INKGATE_STORAGE": "Where images are kept: `local` (default), `s3` or `r2` (local disk stays the cache).",
     "INKGATE_S3_BUCKET": "Bucket name (s3 / r2).",
@@ -129,6 +131,8 @@ class Settings:
     config_reload_seconds: float = 1.0
     fetch_external_images: bool = False
     job_lease_seconds: float = 30.0
+    usage_retention_days: float = 90.0
+    admin_session_hours: float = 12.0
     retry_base_delay: float = field(default=1.0, repr=False)
     # storage: None = not set here (inkgate.yaml's `storage:` section or the default applies)
     storage: str | None = None
@@ -186,6 +190,8 @@ class Settings:
             config_reload_seconds=_float(env, "INKGATE_CONFIG_RELOAD_SECONDS", 1.0),
             fetch_external_images=_bool(env.get("INKGATE_FETCH_EXTERNAL_IMAGES") or "false"),
             job_lease_seconds=_float(env, "INKGATE_JOB_LEASE_SECONDS", 30.0),
+            usage_retention_days=_float(env, "INKGATE_USAGE_RETENTION_DAYS", 90.0),
+            admin_session_hours=_float(env, "INKGATE_ADMIN_SESSION_HOURS", 12.0),
             storage=env.get("INKGATE_STORAGE") or None,
             s3_bucket=env.get("INKGATE_S3_BUCKET") or None,
             s3_access_key_id=env.get("INKGATE_S3_ACCESS_KEY_ID") or None,

@@ -24,6 +24,19 @@ def _trusted(settings: Settings, request: Request) -> bool:
     return any(addr in net for net in settings.trusted_proxies)
 
 
+def client_ip(settings: Settings, request: Request) -> str:
+    """The caller's address: the peer, or the first `X-Forwarded-For` hop when the peer
+    is a trusted proxy."""
+    peer = request.client.host if request.client else "unknown"
+    if _trusted(settings, request):
+        forwarded = request.headers.get("x-forwarded-for", "").split(",")[0].strip()
+        try:
+            return str(ipaddress.ip_address(forwarded))
+        except ValueError:
+            pass
+    return peer
+
+
 def base_url(settings: Settings, request: Request) -> str:
     """`INKGATE_PUBLIC_BASE_URL`, else the request's own scheme and host.
 
@@ -70,4 +83,27 @@ def check_download_signature(
     if expires < time.time():
         return False
     expected = _download_sig(settings.signing_secret(), post_id, owner_key_id or "master", expires)
+    return hmac.compare_digest(expected, sig)
+
+
+def _video_sig(secret: bytes, video_id: str, owner: str, expires: int) -> str:
+    msg = f"video:{video_id}:{owner}:{expires}".encode()
+    return hmac.new(secret, msg, hashlib.sha256).hexdigest()[:32]
+
+
+def signed_video_url(
+    settings: Settings, base: str, video_id: str, owner_key_id: str | None, now: float | None = None
+) -> str:
+    """A link to a video's MP4 that works without a header (chat clients open it)."""
+    expires = int((now or time.time()) + DOWNLOAD_LINK_TTL)
+    sig = _video_sig(settings.signing_secret(), video_id, owner_key_id or "master", expires)
+    return f"{base}/v1/videos/{video_id}/content?expires={expires}&sig={sig}"
+
+
+def check_video_signature(
+    settings: Settings, video_id: str, owner_key_id: str | None, expires: int, sig: str
+) -> bool:
+    if expires < time.time():
+        return False
+    expected = _video_sig(settings.signing_secret(), video_id, owner_key_id or "master", expires)
     return hmac.compare_digest(expected, sig)

@@ -9,7 +9,11 @@ charge, and a flood of them would only grow the table).
 `UsageRecorder` (pure ASGI middleware) measures the status and the time until the
 answer's last byte (a stream's whole length), then hands the row to `UsageWriter`,
 which inserts rows in batches from a background task: the answer never waits for it.
-Routes add what only they know with `note(request, ...)`.
+Routes add what only they know with `note(request, ...)`; the error handlers add why
+a request failed with `note_error` (nothing is read back from the answer's body).
+
+`sweep_retention` deletes usage rows older than `INKGATE_USAGE_RETENTION_DAYS`, with
+the dashboard's stale sign-in rows; `RetentionSweep` runs it hourly in the background.
 """
 
 from __future__ import annotations
@@ -22,11 +26,11 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import Request
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from storage.db import Database
-from storage.tables import Page, UsageRow
+from storage.tables import AdminSession, AdminSignInFailure, Page, UsageRow
 
 log = logging.getLogger("inkgate.usage")
 
@@ -34,11 +38,19 @@ NOTE = "inkgate.usage"
 FLUSH_SECONDS = 1.0
 BATCH = 200
 MAX_QUEUED = 50_000  # rows beyond this are dropped (and logged) rather than grow memory
+MESSAGE_MAX = 300
 
 
 def note(request: Request, **fields: Any) -> None:
     """Attach `model`, `images`, `pages` or `post_id` to this request's usage row."""
     request.scope.setdefault("state", {}).setdefault(NOTE, {}).update(fields)
+
+
+def note_error(request: Request, code: str | None, message: str) -> None:
+    """Why this request failed (`code: message`, at most 300 characters), for its usage
+    row. Called by the error handlers only: an answer that succeeds costs nothing."""
+    text = f"{code}: {message}" if code else message
+    note(request, message=text[:MESSAGE_MAX])
 
 
 def add_images(request: Request, count: int) -> None:
@@ -153,6 +165,11 @@ class UsageRecorder:
 
         try:
             await self.app(scope, receive, watch)
+        except Exception as exc:
+            # unhandled: its 500 answer is written outside this middleware, after it
+            notes = state.setdefault(NOTE, {})
+            notes.setdefault("message", f"internal_error: {type(exc).__name__}")
+            raise
         finally:
             latency = (time.perf_counter() - clock) * 1000
             principal = state.get("principal")
@@ -175,5 +192,82 @@ class UsageRecorder:
                         "images": notes.get("images"),
                         "post_id": notes.get("post_id")
                         or (scope.get("path_params") or {}).get("post_id"),
+                        "message": notes.get("message"),
                     }
                 )
+
+
+# -- retention -------------------------------------------------------------------
+
+SWEEP_EVERY = 3600.0
+FIRST_SWEEP_AFTER = 60.0  # not in the middle of starting up
+SWEEP_BATCH = 5000
+SIGNIN_FAILURE_DAYS = 1.0
+
+
+async def _delete_in_batches(db: Database, table, id_column, condition) -> int:
+    """DELETE the rows matching `condition`, `SWEEP_BATCH` at a time, each batch its own
+    short transaction (writers of requests never wait long behind it)."""
+    deleted = 0
+    while True:
+        batch = select(id_column).where(condition).limit(SWEEP_BATCH)
+        async with db.writing(), db.engine.begin() as conn:
+            result = await conn.execute(delete(table).where(id_column.in_(batch)))
+        deleted += max(result.rowcount or 0, 0)
+        if (result.rowcount or 0) < SWEEP_BATCH:
+            return deleted
+        await asyncio.sleep(0)
+
+
+async def sweep_retention(
+    db: Database, usage_days: float, *, now: float | None = None
+) -> dict[str, int]:
+    """Delete usage rows older than `usage_days` (0: kept forever), sign-in failures
+    older than a day and expired dashboard sessions; the numbers deleted."""
+    now = time.time() if now is None else now
+    usage = UsageRow.__table__
+    failures = AdminSignInFailure.__table__
+    sessions = AdminSession.__table__
+    report = {"usage": 0, "signin_failures": 0, "sessions": 0}
+    if usage_days > 0:
+        report["usage"] = await _delete_in_batches(
+            db, usage, usage.c.id, usage.c.created_at < now - usage_days * 86400
+        )
+    report["signin_failures"] = await _delete_in_batches(
+        db, failures, failures.c.id, failures.c.at < now - SIGNIN_FAILURE_DAYS * 86400
+    )
+    report["sessions"] = await _delete_in_batches(
+        db, sessions, sessions.c.id, sessions.c.expires_at < now
+    )
+    if any(report.values()):
+        log.info("retention sweep: %s", report)
+    return report
+
+
+class RetentionSweep:
+    """Runs `sweep_retention` in the background: a minute after start, then hourly."""
+
+    def __init__(self, db: Database, usage_days: float, every: float = SWEEP_EVERY) -> None:
+        self.db = db
+        self.usage_days = usage_days
+        self.every = every
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="usage-retention")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        await asyncio.sleep(min(FIRST_SWEEP_AFTER, self.every))
+        while True:
+            try:
+                await sweep_retention(self.db, self.usage_days)
+            except Exception:  # the database away for a moment: next hour
+                log.exception("usage retention sweep failed")
+            await asyncio.sleep(self.every)

@@ -3,14 +3,20 @@
 Each option comes from its `INKGATE_*` environment variable when set, else from the
 `storage:` section of `inkgate.yaml` (same names, lower case, without the prefix:
 `storage`, `s3_bucket`, ..., `cache_ttl_hours`), else the default. Read once at start.
+
+The cache options in `RUNTIME_OPTIONS` can also be changed from the dashboard while the
+app runs: those values are kept in the database (every replica reads them at the start
+of each sweep, storage/lifecycle.py) and win over the environment and the file.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
+# the options the dashboard may override at runtime (see `with_overrides`)
+RUNTIME_OPTIONS = ("cache_ttl_hours", "cache_max_mb", "retention_days", "retention_delete_remote")
 
 
 class StorageConfigError(ValueError):
@@ -49,6 +55,34 @@ class StorageConfig:
     def remote(self) -> bool:
         return self.storage in ("s3", "r2")
 
+    @property
+    def origins(self) -> dict[str, str]:
+        """Where each option came from: "dashboard", "environment", "config file" or
+        "default" (options missing here: "default"). Kept outside the fields, so it is
+        never compared, printed or taken for an option."""
+        return self.__dict__.get("_origins", {})
+
+    def _with_origins(self, origins: dict[str, str]) -> StorageConfig:
+        object.__setattr__(self, "_origins", origins)  # frozen: set once, at construction
+        return self
+
+    def with_overrides(self, overrides: dict[str, Any]) -> StorageConfig:
+        """This config with the dashboard's values of `RUNTIME_OPTIONS` (other names are
+        ignored); raises StorageConfigError on an invalid value."""
+        defaults = {f.name: f.default for f in fields(self)}
+        values = {
+            name: _coerce(name, value, defaults[name])
+            for name, value in overrides.items()
+            if name in RUNTIME_OPTIONS and value is not None
+        }
+        if not values:
+            return self
+        for name, value in values.items():
+            if not isinstance(value, bool) and value < 0:
+                raise StorageConfigError(f"{name} must not be negative")
+        config = replace(self, **values)
+        return config._with_origins({**self.origins, **dict.fromkeys(values, "dashboard")})
+
     @classmethod
     def resolve(cls, settings: Any, section: dict | None = None) -> StorageConfig:
         """Environment (via `settings`) over the yaml `section` over the defaults."""
@@ -58,14 +92,20 @@ class StorageConfig:
         if unknown:
             raise StorageConfigError(f"storage: unknown option(s) {', '.join(unknown)}")
         values: dict[str, Any] = {}
+        origins: dict[str, str] = {}
         for f in fields(cls):
             env_value = getattr(settings, f.name, None)
             value = env_value if env_value is not None else section.get(f.name)
             if value is not None:
                 values[f.name] = _coerce(f.name, value, f.default)
+            origins[f.name] = (
+                "environment" if env_value is not None
+                else "config file" if value is not None
+                else "default"
+            )  # fmt: skip
         config = cls(**values)
         config.validate()
-        return config
+        return config._with_origins(origins)
 
     def validate(self) -> None:
         if self.storage not in ("local", "s3", "r2"):

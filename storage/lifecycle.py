@@ -13,6 +13,10 @@
 
 Rules 1 and 2 only ever delete a local copy whose remote copy is `uploaded`: with
 local storage, or before the upload, the local copy is the image.
+
+The four settings can be overridden from the dashboard (`set_overrides`): the values are
+a JSON object in `app_settings` (`cache_settings`), read at the start of every sweep (one
+SELECT), so every replica uses them; they win over the environment and `inkgate.yaml`.
 """
 
 from __future__ import annotations
@@ -20,21 +24,25 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
 from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 
+from storage.config import RUNTIME_OPTIONS, StorageConfig, StorageConfigError
 from storage.images import ImageStore, blob_key
-from storage.tables import Blob, Image, ResultCacheEntry
+from storage.tables import AppSetting, Blob, Image, ResultCacheEntry
 
 log = logging.getLogger("inkgate.lifecycle")
 
 ORPHAN_GRACE_SECONDS = 3600.0
 SORTS = {"created": Image.created_at, "accessed": Blob.accessed_at, "size": Image.size_bytes}
 STATES = ("local", "remote", "pending", "uploading", "uploaded", "failed", "none", "removed")
+OVERRIDES_SETTING = "cache_settings"  # the app_settings row with the dashboard's values
 
 
 @dataclass
@@ -56,24 +64,90 @@ class Lifecycle:
     def __init__(self, images: ImageStore) -> None:
         self.images = images
         self.db = images.db
-        self.config = images.config
+        self.config = images.config  # environment > inkgate.yaml > defaults, read at start
+        self.effective = self.config  # with the dashboard's overrides, as of the last refresh
         self.t = Blob.__table__
+
+    # -- the dashboard's overrides ----------------------------------------------
+
+    async def overrides(self) -> dict:
+        """The dashboard's values of the runtime options (one SELECT)."""
+        async with self.db.session() as session:
+            row = await session.get(AppSetting, OVERRIDES_SETTING)
+        try:
+            stored = json.loads(row.value) if row else {}
+        except ValueError:
+            stored = {}
+        if not isinstance(stored, dict):
+            return {}
+        return {k: v for k, v in stored.items() if k in RUNTIME_OPTIONS and v is not None}
+
+    async def refresh(self) -> StorageConfig:
+        """Re-read the overrides (another replica may have changed them): the config
+        in effect from now on."""
+        overrides = await self.overrides()
+        try:
+            self.effective = self.config.with_overrides(overrides)
+        except StorageConfigError as exc:  # written by hand: the API validates
+            log.warning("cache settings from the dashboard ignored: %s", exc)
+            self.effective = self.config
+        return self.effective
+
+    async def set_overrides(self, changes: dict) -> StorageConfig:
+        """Merge `changes` into the stored overrides (`None` removes one: the environment,
+        file or default applies again). Raises StorageConfigError on an invalid value."""
+        for attempt in range(2):
+            try:
+                async with self.db.writing(), self.db.session() as session:
+                    row = (
+                        await session.execute(
+                            select(AppSetting)
+                            .where(AppSetting.name == OVERRIDES_SETTING)
+                            .with_for_update()
+                        )
+                    ).scalar_one_or_none()
+                    try:
+                        current = json.loads(row.value) if row else {}
+                    except ValueError:
+                        current = {}
+                    if not isinstance(current, dict):
+                        current = {}
+                    current = {k: v for k, v in current.items() if k in RUNTIME_OPTIONS}
+                    for name, value in changes.items():
+                        if name not in RUNTIME_OPTIONS:
+                            raise StorageConfigError(f"{name} cannot be changed at runtime")
+                        if value is None:
+                            current.pop(name, None)
+                        else:
+                            current[name] = value
+                    self.config.with_overrides(current)  # raises before anything is stored
+                    if row is None:
+                        row = AppSetting(name=OVERRIDES_SETTING, value="{}")
+                    row.value, row.updated_at = json.dumps(current, sort_keys=True), time.time()
+                    session.add(row)
+                    await session.commit()
+                break
+            except IntegrityError:  # another replica stored the first override meanwhile
+                if attempt:
+                    raise
+        return await self.refresh()
 
     # -- the sweep -----------------------------------------------------------
 
     async def sweep(self) -> SweepReport:
         report = SweepReport()
+        config = await self.refresh()  # the dashboard's values, as any replica set them
         await self.images.flush_access()  # reads so far count
         now = self.images.clock()
-        if self.config.cache_ttl_hours > 0:
-            cutoff = now - self.config.cache_ttl_hours * 3600
+        if config.cache_ttl_hours > 0:
+            cutoff = now - config.cache_ttl_hours * 3600
             rows = await self._evictable(self.t.c.accessed_at < cutoff)
             for key, sha, ext, size in rows:
                 if await self._evict(key, sha, ext):
                     report.ttl_evicted += 1
                     report.freed_bytes += size
-        if self.config.cache_max_mb > 0:
-            cap = int(self.config.cache_max_mb * 1024 * 1024)
+        if config.cache_max_mb > 0:
+            cap = int(config.cache_max_mb * 1024 * 1024)
             total = await self._local_bytes()
             if total > cap:
                 for key, sha, ext, size in await self._evictable(None):
@@ -83,11 +157,11 @@ class Lifecycle:
                         report.cap_evicted += 1
                         report.freed_bytes += size
                         total -= size
-        if self.config.retention_days > 0:
-            cutoff = now - self.config.retention_days * 86400
+        if config.retention_days > 0:
+            cutoff = now - config.retention_days * 86400
             report.retention_deleted_images = await self._expire_records(cutoff)
         report.deleted_blobs, freed = await self.delete_unreferenced_blobs(
-            remote=self.config.retention_delete_remote, idle_before=now - ORPHAN_GRACE_SECONDS
+            remote=config.retention_delete_remote, idle_before=now - ORPHAN_GRACE_SECONDS
         )
         report.freed_bytes += freed
         report.orphan_files, report.lost_images = await self._orphans(now)
@@ -279,6 +353,7 @@ class Lifecycle:
 
     async def stats(self) -> dict:
         t = self.t
+        config = await self.refresh()
 
         def count_bytes(condition):
             return select(func.count(), func.coalesce(func.sum(t.c.size_bytes), 0)).where(condition)
@@ -304,13 +379,13 @@ class Lifecycle:
                     await session.execute(select(func.count()).select_from(ResultCacheEntry))
                 ).scalar_one()
             )
-        out["storage"] = self.config.storage
+        out["storage"] = config.storage
         out["settings"] = {
-            "cache_ttl_hours": self.config.cache_ttl_hours,
-            "cache_max_mb": self.config.cache_max_mb,
-            "retention_days": self.config.retention_days,
-            "retention_delete_remote": self.config.retention_delete_remote,
-            "image_urls": self.config.image_urls,
+            "cache_ttl_hours": config.cache_ttl_hours,
+            "cache_max_mb": config.cache_max_mb,
+            "retention_days": config.retention_days,
+            "retention_delete_remote": config.retention_delete_remote,
+            "image_urls": config.image_urls,
         }
         return out
 

@@ -72,6 +72,8 @@ class UsageRow(SQLModel, table=True):
     pages: int | None = None
     images: int | None = None
     post_id: str | None = Field(default=None, max_length=64)
+    # why a request failed, in words (error code and message; never a secret)
+    message: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 class Post(SQLModel, table=True):
@@ -242,3 +244,52 @@ class PostEvent(SQLModel, table=True):
     page: int | None = None
     data: str = Field(sa_column=Column(Text, nullable=False))
     created_at: float = 0.0
+
+
+class AdminUser(SQLModel, table=True):
+    """A dashboard user. `password_hash` is scrypt (admin/auth.py), never the password."""
+
+    __tablename__ = "admin_users"
+
+    id: str = Field(primary_key=True, max_length=32)
+    username: str = Field(unique=True, max_length=64)
+    password_hash: str = Field(max_length=255)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    password_changed_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+class AdminSession(SQLModel, table=True):
+    """A signed-in browser. `id` is the sha256 of the cookie's token (the token itself is
+    never stored); `csrf_token` must come back on every state-changing request."""
+
+    __tablename__ = "admin_sessions"
+
+    id: str = Field(primary_key=True, max_length=64)
+    user_id: str = Field(index=True, max_length=32)
+    csrf_token: str = Field(max_length=64)
+    created_at: float = 0.0
+    last_seen_at: float = 0.0
+    expires_at: float = Field(default=0.0, index=True)
+    ip: str | None = Field(default=None, max_length=64)
+    user_agent: str | None = Field(default=None, max_length=200)
+
+
+class AdminSignInFailure(SQLModel, table=True):
+    """A failed sign-in, for throttling (per user name and per address)."""
+
+    __tablename__ = "admin_signin_failures"
+
+    id: int | None = Field(default=None, primary_key=True)
+    username: str = Field(index=True, max_length=64)
+    ip: str = Field(index=True, max_length=64)
+    at: float = Field(default=0.0, index=True)
+
+
+class AppSetting(SQLModel, table=True):
+    """Small settings every replica shares (e.g. the hash of the one-time setup token)."""
+
+    __tablename__ = "app_settings"
+
+    name: str = Field(primary_key=True, max_length=100)
+    value: str = Field(sa_column=Column(Text, nullable=False))
+    updated_at: float = 0.0

@@ -40,6 +40,7 @@ class AppState:
     runner: FlowRunner
     config: Callable[[], GatewayConfig]
     usage: UsageWriter | None = None
+    admin: Any = None  # admin.auth.AdminAuth (the dashboard's users and sessions)
 
 
 def state_of(request: Request) -> AppState:

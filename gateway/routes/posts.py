@@ -79,7 +79,13 @@ async def download_post(
     if not allowed or loaded is None:
         # the same answer whether the post is missing or someone else's
         raise NotFound(f"No post {post_id!r}", code="post_not_found")
-    post, pages = loaded
+    return await export_post(state, *loaded, format)
+
+
+async def export_post(
+    state: AppState, post: Post, pages: list[Page], format: Literal["zip", "pdf", "long"]
+) -> Response:
+    """The download answer for a post whose access was checked."""
     files = []
     for page in pages:
         if not page.image_id:
@@ -112,13 +118,25 @@ async def download_post(
 PostStatus = Literal["draft", "generating", "partial", "completed", "failed"]
 
 
+def contains_pattern(text: str) -> str:
+    """A LIKE pattern (escape character `\\`) matching `text` anywhere, `%` and `_` literal."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
 def _visible(principal: Principal):
     return [] if principal.is_master else [Post.owner_key_id == principal.key_id]
 
 
-async def _own_post(state: AppState, principal: Principal, post_id: str):
+async def find_post(
+    state: AppState, post_id: str, principal: Principal | None = None
+) -> tuple[Post, list[Page]]:
+    """The post and its pages; 404 `post_not_found` when there is none, or (with
+    `principal`) when it is another key's. The operator passes no principal."""
     loaded = await load_post(state.db, post_id)
-    if loaded is None or not (principal.is_master or loaded[0].owner_key_id == principal.key_id):
+    if loaded is None or not (
+        principal is None or principal.is_master or loaded[0].owner_key_id == principal.key_id
+    ):
         # the same answer whether the post is missing or someone else's
         raise NotFound(f"No post {post_id!r}", code="post_not_found", param="post_id")
     return loaded
@@ -137,8 +155,7 @@ async def list_posts(
     state = state_of(request)
     where = _visible(key)
     if q:
-        escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        where.append(Post.topic.ilike(f"%{escaped}%", escape="\\"))
+        where.append(Post.topic.ilike(contains_pattern(q), escape="\\"))
     if status:
         where.append(Post.status == status)
     async with state.db.session() as session:
@@ -210,7 +227,7 @@ async def list_posts(
 async def get_post(post_id: str, request: Request, key: CurrentKey) -> dict:
     """A post: status, pages (index, type, text, status, image URL, error)."""
     state = state_of(request)
-    post, pages = await _own_post(state, key, post_id)
+    post, pages = await find_post(state, post_id, key)
     return await post_public(request, state, post, pages)
 
 
@@ -218,7 +235,14 @@ async def get_post(post_id: str, request: Request, key: CurrentKey) -> dict:
 async def delete_post(post_id: str, request: Request, key: CurrentKey) -> dict:
     """Delete a post with its pages and images (bytes shared with other images stay)."""
     state = state_of(request)
-    post, _pages = await _own_post(state, key, post_id)
+    post, _pages = await find_post(state, post_id, key)
+    await remove_post(state, post)
+    return {"id": post.id, "object": "post.deleted", "deleted": True}
+
+
+async def remove_post(state: AppState, post: Post) -> None:
+    """Delete a post with its pages, events, jobs and images; 409 `post_busy` while a
+    job runs."""
     if await state.runner.is_active(post.id):
         raise Conflict(
             "The post is still being generated; delete it when it has finished.",
@@ -237,7 +261,6 @@ async def delete_post(post_id: str, request: Request, key: CurrentKey) -> dict:
         )
         await conn.execute(delete(PostJob.__table__).where(PostJob.__table__.c.post_id == post.id))
         await conn.execute(delete(Post.__table__).where(Post.__table__.c.id == post.id))
-    return {"id": post.id, "object": "post.deleted", "deleted": True}
 
 
 # -- creating and editing ------------------------------------------------------
@@ -294,7 +317,8 @@ async def _post_answer(request: Request, state: AppState, post_id: str) -> dict:
     return await post_public(request, state, *loaded)
 
 
-async def _not_running(state: AppState, post_id: str) -> None:
+async def ensure_idle(state: AppState, post_id: str) -> None:
+    """409 `post_busy` while a job of the post runs."""
     if await state.runner.is_active(post_id):
         raise Conflict(
             "The post is being generated; try again when it has finished "
@@ -305,7 +329,7 @@ async def _not_running(state: AppState, post_id: str) -> None:
 
 async def _submit(state: AppState, post_id: str, *, outline_only: bool = False) -> None:
     if await state.runner.submit(post_id, outline_only=outline_only) is None:
-        await _not_running(state, post_id)
+        await ensure_idle(state, post_id)
         raise Conflict("The post is being generated", code="post_busy")
 
 
@@ -317,9 +341,10 @@ async def create_post(body: CreatePost, request: Request, key: CurrentKey) -> di
     model = resolve_model(state.config(), body.model)
     note(request, model=model.name)
     check_model(key, model)
-    if model.kind == "image":
+    if model.kind in ("image", "video"):
         raise InvalidRequest(
-            f"The model {body.model!r} is an image model; posts need a post model such as 'redink'",
+            f"The model {body.model!r} is an {model.kind} model; posts need a post model such "
+            "as 'redink'",
             param="model",
         )
     if body.aspect_ratio is not None and body.aspect_ratio not in ASPECT_RATIOS:
@@ -370,8 +395,8 @@ async def patch_post(post_id: str, body: PatchPost, request: Request, key: Curre
     with `index` keeps that page (its image stays; changed text marks it `pending`, to
     be drawn by `generate`), an item without is a new page, pages left out are deleted."""
     state = state_of(request)
-    post, current = await _own_post(state, key, post_id)
-    await _not_running(state, post_id)
+    post, current = await find_post(state, post_id, key)
+    await ensure_idle(state, post_id)
     by_index = {p.page_index: p for p in current}
     new_pages: list[PageDraft] | None = None
     if body.pages is not None:
@@ -404,11 +429,8 @@ async def patch_post(post_id: str, body: PatchPost, request: Request, key: Curre
 async def generate_post(post_id: str, request: Request, key: CurrentKey) -> dict:
     """Draw every page that is not done (a draft, edited pages, failed pages)."""
     state = state_of(request)
-    _post, pages = await _own_post(state, key, post_id)
-    await _not_running(state, post_id)
-    await check_image_quota(state.db, key)
-    await _set_pending(state, post_id, [p.page_index for p in pages if p.status != "done"])
-    await _submit(state, post_id)
+    _post, pages = await find_post(state, post_id, key)
+    await redraw(state, key, post_id, [p.page_index for p in pages if p.status != "done"])
     return await _post_answer(request, state, post_id)
 
 
@@ -423,29 +445,59 @@ async def regenerate_page(
     """Draw page `index` (0 = the cover) again, with new text if given; other pages
     keep the cover as their style reference."""
     state = state_of(request)
-    _post, pages = await _own_post(state, key, post_id)
-    if not any(p.page_index == index for p in pages):
-        raise NotFound(f"The post has no page {index}", code="page_not_found", param="index")
-    await _not_running(state, post_id)
-    await check_image_quota(state.db, key)
+    _post, pages = await find_post(state, post_id, key)
     text = body.text.strip() if body and body.text else None
-    await _set_pending(state, post_id, [index], text=text)
-    await _submit(state, post_id)
+    await redraw_page(state, key, post_id, pages, index, text=text)
     return await _post_answer(request, state, post_id)
 
 
 @router.post("/v1/posts/{post_id}/retry-failed")
 async def retry_failed(post_id: str, request: Request, key: CurrentKey) -> dict:
     state = state_of(request)
-    _post, pages = await _own_post(state, key, post_id)
+    _post, pages = await find_post(state, post_id, key)
+    await redraw_failed(state, key, post_id, pages)
+    return await _post_answer(request, state, post_id)
+
+
+def require_page(pages: list[Page], index: int) -> Page:
+    """Page `index` of the pages; 404 `page_not_found` when the post has none."""
+    for page in pages:
+        if page.page_index == index:
+            return page
+    raise NotFound(f"The post has no page {index}", code="page_not_found", param="index")
+
+
+async def redraw(
+    state: AppState, key: Principal, post_id: str, indexes: list[int], *, text: str | None = None
+) -> None:
+    """Mark `indexes` pending (with new `text`, if given) and start a job that draws
+    every page not done: 409 `post_busy` while a job runs; `key`'s image quota applies."""
+    await ensure_idle(state, post_id)
+    await check_image_quota(state.db, key)
+    await _set_pending(state, post_id, indexes, text=text)
+    await _submit(state, post_id)
+
+
+async def redraw_page(
+    state: AppState,
+    key: Principal,
+    post_id: str,
+    pages: list[Page],
+    index: int,
+    *,
+    text: str | None = None,
+) -> None:
+    """Draw page `index` again (404 `page_not_found` when there is none)."""
+    require_page(pages, index)
+    await redraw(state, key, post_id, [index], text=text)
+
+
+async def redraw_failed(state: AppState, key: Principal, post_id: str, pages: list[Page]) -> None:
+    """Draw the failed pages again; 400 `no_failed_pages` when there are none."""
     failed = [p.page_index for p in pages if p.status == "failed"]
     if not failed:
         raise InvalidRequest("The post has no failed pages", code="no_failed_pages")
-    await _not_running(state, post_id)
-    await check_image_quota(state.db, key)
-    await _set_pending(state, post_id, failed)
-    await _submit(state, post_id)
-    return await _post_answer(request, state, post_id)
+    await redraw(state, key, post_id, failed)
 
 
 async def _set_pending(
@@ -490,7 +542,7 @@ async def post_events(
     sent first (after `Last-Event-ID` or `?after=`), then live ones while a job runs;
     the stream ends when no job is running."""
     state = state_of(request)
-    await _own_post(state, key, post_id)
+    await find_post(state, post_id, key)
     start = after or 0
     if last_event_id:
         try:

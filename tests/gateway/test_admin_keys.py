@@ -136,7 +136,7 @@ async def test_admin_key_errors_are_openai_shaped(client, method, path, body, st
         assert error["param"] == "allowed_models" and "nope" in error["message"]
 
 
-async def test_admin_api_needs_the_master_key(client, services) -> None:
+async def test_admin_api_needs_the_master_key_or_a_session(client, services) -> None:
     _, plaintext = await services.keys.create("user")
     auth = {"Authorization": f"Bearer {plaintext}"}
     for method, path in (
@@ -150,7 +150,7 @@ async def test_admin_api_needs_the_master_key(client, services) -> None:
         r = await client.request(method, path, headers=auth, json={"name": "n"})
         assert_error(r, 403, "permission_denied")
         r = await client.request(method, path, headers={"Authorization": ""})
-        assert_error(r, 401, "invalid_api_key")
+        assert_error(r, 401, "not_signed_in")
 
 
 async def test_usage_is_paged_and_filtered(client, services) -> None:
@@ -174,7 +174,7 @@ async def test_usage_is_paged_and_filtered(client, services) -> None:
     first = everything["data"][-1]
     assert set(first) == {
         "id", "created_at", "key_id", "key_name", "model", "method", "endpoint",
-        "status", "latency_ms", "pages", "images", "post_id",
+        "status", "latency_ms", "pages", "images", "post_id", "message",
     }  # fmt: skip
     assert datetime.fromisoformat(first["created_at"]).tzinfo == UTC
 
