@@ -18,12 +18,15 @@ from admin.auth import AdminAuth
 from gateway import __version__
 from gateway.auth import KeyService
 from gateway.config import ConfigSource, storage_config
+from gateway.config_store import ConfigStore
 from gateway.flow.runner import FlowRunner
+from gateway.flow.videos import VideoRunner
 from gateway.http_errors import BodySizeLimit, install_error_handlers
 from gateway.idempotency import Idempotency
-from gateway.routes import chat, files, health, images, openai_models, posts
+from gateway.routes import chat, files, health, images, openai_models, posts, videos
 from gateway.routes.common import AppState
 from gateway.routes.files import send_if_hot
+from gateway.secrets_box import SecretBox
 from gateway.settings import Settings
 from gateway.upstream_slots import UpstreamSlots
 from gateway.usage import RetentionSweep, UsageRecorder, UsageWriter
@@ -120,7 +123,8 @@ def create_app(settings: Settings, *, announce: bool = False) -> FastAPI:
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
             follow_redirects=False,
         )
-        source = ConfigSource(settings.config_path, settings.data_dir, http, os.environ)
+        store = ConfigStore(db, SecretBox(settings.signing_secret()))
+        source = ConfigSource(settings.config_path, settings.data_dir, http, os.environ, store)
         await source.load()
         config = await anyio.to_thread.run_sync(storage_config, settings)
         storage = Storage(db, settings.data_dir / "blobs", config)
@@ -133,6 +137,8 @@ def create_app(settings: Settings, *, announce: bool = False) -> FastAPI:
         slots = UpstreamSlots(db)
         runner = FlowRunner(settings, db, image_store, lambda: source.current, slots)
         runner.start_background()  # renews this process's jobs, resumes abandoned ones
+        video_runner = VideoRunner(settings, db, image_store, lambda: source.current, slots)
+        video_runner.start_background()  # the same for video jobs, and their expiry
         usage = UsageWriter(db)
         usage.start()
         retention = RetentionSweep(db, settings.usage_retention_days)  # usage rows, sessions
@@ -149,6 +155,7 @@ def create_app(settings: Settings, *, announce: bool = False) -> FastAPI:
             config=lambda: source.current,
             usage=usage,
             admin=admin,
+            videos=video_runner,
         )
         app.state.config_source = source
         watcher = asyncio.create_task(source.watch(settings.config_reload_seconds))
@@ -162,6 +169,7 @@ def create_app(settings: Settings, *, announce: bool = False) -> FastAPI:
         finally:
             watcher.cancel()
             await runner.shutdown()
+            await video_runner.shutdown()
             await retention.stop()
             await usage.stop()
             await storage.stop()
@@ -176,13 +184,14 @@ def create_app(settings: Settings, *, announce: bool = False) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (openai_models, chat, images, posts, files, health):
+    for module in (openai_models, chat, images, posts, videos, files, health):
         app.include_router(module.router)
     from admin.api import router as admin_api
     from admin.cache_api import router as admin_cache
     from admin.keys import router as admin_keys
     from admin.logs_api import router as admin_logs
     from admin.posts_api import router as admin_posts
+    from admin.providers_api import router as admin_providers
     from admin.views import install as install_dashboard
 
     install_dashboard(app)
@@ -191,6 +200,7 @@ def create_app(settings: Settings, *, announce: bool = False) -> FastAPI:
     app.include_router(admin_keys)
     app.include_router(admin_posts)
     app.include_router(admin_logs)
+    app.include_router(admin_providers)
     app.add_middleware(Idempotency, db=lambda: _services_db(app))
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(UsageRecorder, writer=lambda: _usage_writer(app))

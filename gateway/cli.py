@@ -169,18 +169,26 @@ async def _providers_test(args: argparse.Namespace) -> int:
     import httpx
 
     from gateway.config import ConfigError, ConfigSource
+    from gateway.config_store import ConfigStore
     from gateway.probe import probe_all
+    from gateway.secrets_box import SecretBox
+    from storage.db import Database
 
     settings = _settings(args)
+    db = Database(settings.database_url)  # providers saved on the dashboard count too
     async with httpx.AsyncClient(
         timeout=httpx.Timeout(settings.upstream_timeout, connect=15)
     ) as http:
-        source = ConfigSource(settings.config_path, settings.data_dir, http, os.environ)
         try:
+            await db.migrate()
+            store = ConfigStore(db, SecretBox(settings.signing_secret()))
+            source = ConfigSource(settings.config_path, settings.data_dir, http, os.environ, store)
             await source.load()
         except ConfigError as exc:
             print(f"config error: {exc}", file=sys.stderr)
             return 2
+        finally:
+            await db.dispose()
         try:
             reports = await probe_all(source.current, args.name, deep=args.deep)
         except KeyError:

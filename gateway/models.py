@@ -1,11 +1,12 @@
-"""Which model a request names: a post model, its outline-only twin, or an image model."""
+"""Which model a request names: a post model, its outline-only twin, an image model or a
+video model."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-from gateway.config import GatewayConfig, ImageModelConfig, PostModelConfig
+from gateway.config import GatewayConfig, ImageModelConfig, PostModelConfig, VideoModelConfig
 from gateway.errors import InvalidRequest, ModelNotFound
 
 ASPECT_RATIOS = ("1:1", "3:4", "4:3", "2:3", "3:2", "9:16", "16:9")
@@ -14,10 +15,11 @@ ASPECT_RATIOS = ("1:1", "3:4", "4:3", "2:3", "3:2", "9:16", "16:9")
 @dataclass(frozen=True)
 class ResolvedModel:
     name: str
-    kind: str  # post | outline | image
+    kind: str  # post | outline | image | video
     post: PostModelConfig | None = None
     image: ImageModelConfig | None = None
     post_name: str | None = None
+    video: VideoModelConfig | None = None
 
 
 def resolve_model(config: GatewayConfig, name: str) -> ResolvedModel:
@@ -31,6 +33,8 @@ def resolve_model(config: GatewayConfig, name: str) -> ResolvedModel:
             return ResolvedModel(name, "outline", post=config.post_models[base], post_name=base)
     if name in config.image_models:
         return ResolvedModel(name, "image", image=config.image_models[name])
+    if name in config.video_models:
+        return ResolvedModel(name, "video", video=config.video_models[name])
     raise ModelNotFound(
         f"The model '{name}' does not exist. Available: {', '.join(config.model_ids())}.",
         param="model",

@@ -31,7 +31,7 @@ SETTINGS_DOC: dict[str, str] = {
     "INKGATE_IMAGE_CONCURRENCY": "Default pages generated at once per post. Default 4.",
     "INKGATE_PAGE_RETRIES": "Attempts per page on transient upstream errors. Default 3.",
     "INKGATE_KEEPALIVE_SECONDS": "Silence before a `: keep-alive` SSE comment. Default 8.",
-    "INKGATE_SECRET_KEY": "Secret that signs download links. Default: generated once in the data dir.",
+    "INKGATE_SECRET_KEY": "Secret that signs download links and encrypts provider secrets saved on the dashboard. Default: generated once in the data dir.",
     "INKGATE_LOG_LEVEL": "Log level. Default `INFO`.",
     "INKGATE_CONFIG_RELOAD_SECONDS": "How often config files are checked for changes. Default 1.",
     "INKGATE_FETCH_EXTERNAL_IMAGES": "`true`: image URLs from other sites in requests are fetched (SSRF-checked: public addresses only). Default `false`: only data URLs and InkGate's own image URLs are read.",

@@ -39,6 +39,7 @@ from gateway.routes.common import (
     state_of,
     with_keepalive,
 )
+from gateway.routes.videos import chat_video_answer
 from gateway.schemas import ChatCompletionRequest
 from gateway.urls import base_url, image_url, signed_download_url
 from providers.base import ImageRequest, message_text
@@ -349,6 +350,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, key: C
     elif model.kind == "image":
         await check_image_quota(state.db, key)
         pieces = _image_answer(request, state, key, model, text, messages)
+    elif model.kind == "video":  # checked and started here; the pieces follow the job
+        pieces = await chat_video_answer(request, state, key, model, text, messages)
     elif (loaded := await _conversation_post(state, key, messages)) is not None:
         await check_image_quota(state.db, key)  # an edit may redraw pages
         pieces = _followup_answer(request, state, key, model, loaded, text, messages, holder)

@@ -15,6 +15,7 @@ from sqlmodel import select
 from gateway.auth import KeyService
 from gateway.config import GatewayConfig
 from gateway.flow.runner import FlowRunner
+from gateway.flow.videos import VideoRunner
 from gateway.settings import Settings
 from gateway.urls import base_url, image_url, signed_download_url
 from gateway.usage import UsageWriter
@@ -41,6 +42,7 @@ class AppState:
     config: Callable[[], GatewayConfig]
     usage: UsageWriter | None = None
     admin: Any = None  # admin.auth.AdminAuth (the dashboard's users and sessions)
+    videos: VideoRunner | None = None  # video jobs (gateway/flow/videos.py)
 
 
 def state_of(request: Request) -> AppState:

@@ -55,6 +55,10 @@ def _model_for(
     model = resolve_model(config, name or next(iter(config.post_models), "redink"))
     note(request, model=model.name)
     check_model(key, model)
+    if model.kind == "video":
+        raise InvalidRequest(
+            f"The model '{model.name}' makes videos: use /v1/videos", param="model"
+        )
     return model
 
 

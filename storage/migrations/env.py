@@ -6,7 +6,9 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 from sqlmodel import SQLModel
 
+import storage.config_tables  # noqa: F401  (the dashboard's providers and models)
 import storage.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+import storage.video_tables  # noqa: F401  (video jobs)
 
 target_metadata = SQLModel.metadata
 

@@ -51,12 +51,15 @@ async def test_migrations_match_the_tables(db: Database) -> None:
     from alembic.migration import MigrationContext
     from sqlmodel import SQLModel
 
+    import storage.config_tables  # noqa: F401
     import storage.tables  # noqa: F401
+    import storage.video_tables  # noqa: F401
 
     def diff(conn):
         context = MigrationContext.configure(conn, opts={"compare_type": False})
         return [
-            d for d in compare_metadata(context, SQLModel.metadata)
+            d
+            for d in compare_metadata(context, SQLModel.metadata)
             if not (isinstance(d, tuple) and d[0] in ("add_index", "remove_index"))
             and not (isinstance(d, list))  # column detail (nullable, server default) drifts
         ]
