@@ -202,7 +202,19 @@ async def list_usage(
     since: Annotated[str | None, Query(description="unix seconds or ISO 8601")] = None,
 ) -> dict:
     """Usage rows, newest first: key, model, endpoint, status, latency, pages, images."""
-    state = state_of(request)
+    where = usage_filters(key_id=key_id, model=model, status=status, start=_since(since))
+    return await read_usage(state_of(request), where, page=page, per_page=per_page)
+
+
+def usage_filters(
+    *,
+    key_id: str | None = None,
+    model: str | None = None,
+    status: str | None = None,
+    start: float | None = None,
+) -> list:
+    """WHERE clauses on `usage`: a key (`master` for the master key), a model, a status
+    class (`4xx`), rows since unix seconds `start`."""
     t = UsageRow.__table__
     where = []
     if key_id == "master":
@@ -214,8 +226,14 @@ async def list_usage(
     if status is not None:
         low = int(status[0]) * 100
         where += [t.c.status >= low, t.c.status < low + 100]
-    if (start := _since(since)) is not None:
+    if start is not None:
         where.append(t.c.created_at >= start)
+    return where
+
+
+async def read_usage(state: AppState, where: list, *, page: int = 1, per_page: int = 50) -> dict:
+    """One page of `GET /admin/api/usage` for `usage_filters(...)`."""
+    t = UsageRow.__table__
     async with state.db.engine.connect() as conn:
         total = (await conn.execute(select(func.count()).select_from(t).where(*where))).scalar_one()
         rows = (

@@ -21,7 +21,7 @@ from sqlalchemy import and_, func, or_, select
 from admin.api import Admin
 from admin.keys import _since
 from gateway.errors import InvalidRequest
-from gateway.routes.common import state_of
+from gateway.routes.common import AppState, state_of
 from gateway.routes.posts import contains_pattern
 from storage.tables import ApiKey, Post, PostEvent, UsageRow
 
@@ -242,10 +242,35 @@ async def list_logs(
     model, source and time; poll with `after_id`, page back with `before_id`."""
     if after_id is not None and before_id is not None:
         raise InvalidRequest("Send either 'after_id' or 'before_id', not both", param="after_id")
-    after = Cursor.parse(after_id, "after_id") if after_id is not None else None
-    before = Cursor.parse(before_id, "before_id") if before_id is not None else None
-    start = _since(since)
-    state = state_of(request)
+    return await read_logs(
+        state_of(request),
+        level=level,
+        q=q,
+        key_id=key_id,
+        model=model,
+        source=source,
+        start=_since(since),
+        after=Cursor.parse(after_id, "after_id") if after_id is not None else None,
+        before=Cursor.parse(before_id, "before_id") if before_id is not None else None,
+        limit=limit,
+    )
+
+
+async def read_logs(
+    state: AppState,
+    *,
+    level: str | None = None,
+    q: str | None = None,
+    key_id: str | None = None,
+    model: str | None = None,
+    source: str | None = None,
+    start: float | None = None,
+    after: Cursor | None = None,
+    before: Cursor | None = None,
+    limit: int = 100,
+) -> dict:
+    """The answer of `GET /admin/api/logs` for filters already checked (the Logs page
+    renders its first rows with it)."""
     u, e = UsageRow.__table__, PostEvent.__table__
     async with state.db.engine.connect() as conn:
         # the newest ids first: rows written while this page is read belong to the next poll

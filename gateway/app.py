@@ -192,6 +192,7 @@ def create_app(settings: Settings, *, announce: bool = False) -> FastAPI:
     from admin.logs_api import router as admin_logs
     from admin.posts_api import router as admin_posts
     from admin.providers_api import router as admin_providers
+    from admin.usage_api import router as admin_usage
     from admin.views import install as install_dashboard
 
     install_dashboard(app)
@@ -201,6 +202,7 @@ def create_app(settings: Settings, *, announce: bool = False) -> FastAPI:
     app.include_router(admin_posts)
     app.include_router(admin_logs)
     app.include_router(admin_providers)
+    app.include_router(admin_usage)
     app.add_middleware(Idempotency, db=lambda: _services_db(app))
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(UsageRecorder, writer=lambda: _usage_writer(app))

@@ -128,9 +128,9 @@ PAGES = ("overview", "keys", "providers", "posts", "images", "logs", "usage")
 
 
 def install(app: FastAPI) -> None:
-    from admin.views import auth, images, keys, overview
+    from admin.views import auth, images, keys, logs, overview, posts, providers, usage
 
-    modules = [auth, overview, keys, images]
+    modules = [auth, overview, keys, providers, posts, images, logs, usage]
     navs = {m.NAV[0]: m.NAV for m in modules if hasattr(m, "NAV")}
     templates.globals["nav_pages"] = [navs[k] for k in PAGES if k in navs]
 
