@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+import weakref
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 
@@ -45,15 +47,64 @@ def upstream_call(provider: str, secret: str | None) -> Iterator[None]:
         raise
 
 
+# Answers at least this large (or of unknown size) take a turn (`large_answer_turn`).
+LARGE_ANSWER_BYTES = 256 * 1024
+# Large answers read at the same time; a few, so that reading one is never all there is
+# to do while another waits for the network.
+LARGE_ANSWER_TURNS = 2
+# The longest an answer waits for its turn before it is read anyway.
+LARGE_ANSWER_TURN_WAIT = 0.5
+
+_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+@contextlib.asynccontextmanager
+async def large_answer_turn() -> AsyncIterator[None]:
+    """Read large upstream answers a few at a time, first come first served.
+
+    Why: when many image answers arrive at once (a post's pages, a burst of clients
+    whose upstream calls started together), reading them all at once shares the event
+    loop between them, so every one finishes as late as the last. Taking turns, the
+    first answers are done (decoded, stored, returned) early, and the next burst of
+    calls from those clients is spread out instead of arriving together again.
+
+    A turn is waited for at most `LARGE_ANSWER_TURN_WAIT` seconds, and a slow or
+    stalled upstream holding one costs the others no more than that.
+    """
+    loop = asyncio.get_running_loop()
+    turns = _turns.get(loop)
+    if turns is None:
+        turns = _turns[loop] = asyncio.Semaphore(LARGE_ANSWER_TURNS)
+    try:
+        await asyncio.wait_for(turns.acquire(), LARGE_ANSWER_TURN_WAIT)
+    except TimeoutError:
+        yield  # waited long enough: read alongside the others
+        return
+    try:
+        yield
+    finally:
+        turns.release()
+
+
 async def read_limited(response: httpx.Response, limit: int, too_large: str) -> bytes:
     """The whole body, refusing more than `limit` bytes (declared or streamed).
 
     Joining the chunks once measured ~1 ms less CPU per 2.7 MB answer than
-    `response.aread()`, and the limit stops a runaway body early.
+    `response.aread()`, and the limit stops a runaway body early. Large bodies take
+    their turn (`large_answer_turn`).
     """
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise UpstreamError(too_large, retryable=False)
+    if declared.isdigit() and int(declared) < LARGE_ANSWER_BYTES:
+        return await _read_chunks(response, limit, too_large)
+    async with large_answer_turn():
+        return await _read_chunks(response, limit, too_large)
+
+
+async def _read_chunks(response: httpx.Response, limit: int, too_large: str) -> bytes:
     chunks: list[bytes] = []
     total = 0
     async for chunk in response.aiter_bytes():

@@ -156,6 +156,67 @@ class _Lru(OrderedDict):
             self.popitem(last=False)
 
 
+class GroupCommit:
+    """Writes submitted while a commit runs wait and go in the next one, together.
+
+    `commit(items)` writes a batch in one transaction. When a batch of several fails,
+    its items are committed one by one, so one bad row fails only its own caller.
+    A caller that stops waiting (cancelled) does not stop its write.
+    """
+
+    def __init__(self, commit: Callable[[list[Any]], Awaitable[None]]) -> None:
+        self._commit = commit
+        self._pending: list[tuple[Any, asyncio.Future]] = []
+        self._task: asyncio.Task | None = None
+
+    async def submit(self, item: Any) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain())
+            self._task.add_done_callback(self._writer_done)
+        await future
+
+    def _writer_done(self, task: asyncio.Task) -> None:
+        if task.cancelled():  # e.g. at shutdown, perhaps before it ever ran
+            for _, future in self._pending:
+                future.cancel()
+            self._pending = []
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await self._commit([item for item, _ in batch])
+            except asyncio.CancelledError:
+                for _, future in batch:
+                    future.cancel()
+                raise
+            except Exception as exc:
+                if len(batch) == 1:
+                    _settle(batch[0][1], exc)
+                    continue
+                for item, future in batch:
+                    try:
+                        await self._commit([item])
+                    except Exception as one:
+                        _settle(future, one)
+                    else:
+                        _settle(future, None)
+            else:
+                for _, future in batch:
+                    _settle(future, None)
+
+
+def _settle(future: asyncio.Future, error: BaseException | None) -> None:
+    if future.done():  # its caller was cancelled
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
 class ImageStore:
     """Stores image bytes and their rows; finds them again by id; keeps the bucket in step."""
 
@@ -180,6 +241,7 @@ class ImageStore:
         self._refs: _Lru = _Lru(20_000)
         self._fetching: dict[str, asyncio.Future] = {}
         self.hot = HotBytes(int(self.config.serve_cache_mb * 1024 * 1024))
+        self._group: GroupCommit = GroupCommit(self._commit)
 
     @property
     def remote_enabled(self) -> bool:
@@ -194,10 +256,9 @@ class ImageStore:
             self.blobs.put(key, data)
         return info
 
-    def _blob_upsert(self, info: ImageInfo):
-        """INSERT the content's blob row, or mark its local copy present again."""
+    def _blob_values(self, info: ImageInfo) -> dict[str, Any]:
         now = self.clock()
-        values = {
+        return {
             "key": blob_key(info.sha256, info.ext),
             "sha256": info.sha256,
             "ext": info.ext,
@@ -211,14 +272,36 @@ class ImageStore:
             "accessed_at": now,
             "created_at": now,
         }
+
+    def _blob_upsert(self):
+        """INSERT a content's blob row, or mark its local copy present again (executed
+        with one parameter set per blob)."""
         if self.db.is_sqlite:
             from sqlalchemy.dialects.sqlite import insert as dialect_insert
         else:
             from sqlalchemy.dialects.postgresql import insert as dialect_insert
-        stmt = dialect_insert(Blob.__table__).values(values)
+        stmt = dialect_insert(Blob.__table__)
         return stmt.on_conflict_do_update(
-            index_elements=["key"], set_={"local": True, "accessed_at": now}
+            index_elements=["key"],
+            set_={"local": True, "accessed_at": stmt.excluded.accessed_at},
         )
+
+    async def _save(self, info: ImageInfo, row: Image | None) -> None:
+        """The blob row (and the image row, if any) in the next group commit."""
+        await self._group.submit((self._blob_values(info), row.model_dump() if row else None))
+
+    async def _commit(self, items: list[tuple[dict, dict | None]]) -> None:
+        """One transaction for the rows of every put waiting at this moment.
+
+        Under load this turns 32 transactions (each several hops to the database
+        thread, queued behind SQLite's single writer) into one or two.
+        """
+        blobs = {values["key"]: values for values, _ in items}  # a content once per batch
+        images = [row for _, row in items if row is not None]
+        async with self.db.writing(), self.db.engine.begin() as conn:
+            await conn.execute(self._blob_upsert(), list(blobs.values()))
+            if images:
+                await conn.execute(insert(Image.__table__), images)
 
     def _row(self, info: ImageInfo, owner_key_id: str | None, post_id: str | None) -> Image:
         return Image(
@@ -242,8 +325,7 @@ class ImageStore:
         with the page that uses it); `put` does both steps.
         """
         info = await anyio.to_thread.run_sync(self._write, data)
-        async with self.db.writing(), self.db.engine.begin() as conn:
-            await conn.execute(self._blob_upsert(info))
+        await self._save(info, None)
         self._new_blob()
         return self._row(info, owner_key_id, post_id)
 
@@ -253,10 +335,9 @@ class ImageStore:
         """Store bytes (once per content) and record a new image id for them."""
         info = await anyio.to_thread.run_sync(self._write, data)
         row = self._row(info, owner_key_id, post_id)
-        # Core statements: the ORM's unit of work costs ~1 ms a row on this hot path
-        async with self.db.writing(), self.db.engine.begin() as conn:
-            await conn.execute(self._blob_upsert(info))
-            await conn.execute(insert(Image.__table__), [row.model_dump()])
+        # Core statements (the ORM's unit of work costs ~1 ms a row on this hot path),
+        # committed together with the rows of concurrent puts
+        await self._save(info, row)
         self._new_blob()
         return row
 

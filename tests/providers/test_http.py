@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import httpx
 import pytest
 
 from gateway.errors import GatewayError, UpstreamError
-from providers.http import read_limited, upstream_call
+from providers import http as http_module
+from providers.http import large_answer_turn, read_limited, upstream_call
 
 SECRET = "sk-upstream-secret-123"
 
@@ -50,3 +52,59 @@ async def test_read_limited() -> None:
     streamed = httpx.Response(200, content=stream())
     with pytest.raises(UpstreamError, match="too big"):
         await read_limited(streamed, 100, "too big")
+
+
+async def test_large_answers_take_turns_first_come_first_served(monkeypatch) -> None:
+    monkeypatch.setattr(http_module, "LARGE_ANSWER_TURN_WAIT", 5.0)
+    active = 0
+    most = 0
+    order: list[int] = []
+
+    async def read(i: int) -> None:
+        nonlocal active, most
+        async with large_answer_turn():
+            active += 1
+            most = max(most, active)
+            order.append(i)
+            await asyncio.sleep(0.01)
+            active -= 1
+
+    tasks = []
+    for i in range(6):
+        tasks.append(asyncio.ensure_future(read(i)))
+        await asyncio.sleep(0)  # arrive in this order
+    await asyncio.gather(*tasks)
+    assert most == http_module.LARGE_ANSWER_TURNS
+    assert order == list(range(6))
+
+
+async def test_a_stalled_answer_holds_the_others_back_only_briefly(monkeypatch) -> None:
+    monkeypatch.setattr(http_module, "LARGE_ANSWER_TURN_WAIT", 0.05)
+    stalled = asyncio.Event()
+
+    async def stalled_read() -> None:
+        async with large_answer_turn():
+            await stalled.wait()
+
+    holders = [asyncio.ensure_future(stalled_read()) for _ in range(http_module.LARGE_ANSWER_TURNS)]
+    await asyncio.sleep(0.01)
+
+    async def big():
+        for _ in range(3):
+            yield b"z" * (http_module.LARGE_ANSWER_BYTES // 2)
+
+    started = asyncio.get_running_loop().time()
+    data = await read_limited(httpx.Response(200, content=big()), 10**7, "too big")
+    waited = asyncio.get_running_loop().time() - started
+    assert len(data) == 3 * (http_module.LARGE_ANSWER_BYTES // 2)
+    assert 0.04 <= waited < 1.0
+    # a small answer (declared size) never waits for a turn
+    started = asyncio.get_running_loop().time()
+    assert await read_limited(httpx.Response(200, content=b"ok"), 100, "too big") == b"ok"
+    assert asyncio.get_running_loop().time() - started < 0.04
+    stalled.set()
+    await asyncio.gather(*holders)
+    # the turns were given back: a large answer now reads at once
+    started = asyncio.get_running_loop().time()
+    await read_limited(httpx.Response(200, content=big()), 10**7, "too big")
+    assert asyncio.get_running_loop().time() - started < 0.04

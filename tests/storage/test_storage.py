@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import io
 
 import pytest
@@ -8,7 +9,7 @@ from sqlalchemy import inspect, text
 
 from storage.blobs import LocalBlobStore
 from storage.db import Database, normalize_url
-from storage.images import ImageStore, NotAnImage, blob_key, inspect_image
+from storage.images import GroupCommit, ImageStore, NotAnImage, blob_key, inspect_image
 
 
 def _png(color=(10, 20, 30), size=(40, 30)) -> bytes:
@@ -125,3 +126,80 @@ async def test_image_store_dedupes_bytes_and_ids_are_random(db: Database, tmp_pa
     assert await store.read(await store.get(a.id)) == data
     assert (await store.get(a.id)).owner_key_id == "k1"
     assert await store.get("img_missing") is None
+
+
+async def test_concurrent_puts_share_commits_and_all_land(db: Database, tmp_path) -> None:
+    store = ImageStore(db, LocalBlobStore(tmp_path / "blobs"))
+    batches: list[int] = []
+    commit = store._commit
+
+    async def counting(items):
+        batches.append(len(items))
+        await commit(items)
+
+    store._group = GroupCommit(counting)
+    same = _png((1, 2, 3))
+    datas = [_png((i, 0, 0)) for i in range(20)] + [same, same]
+    rows = await asyncio.gather(*(store.put(d, owner_key_id="k") for d in datas))
+    assert sum(batches) == len(datas) and len(batches) < len(datas)
+    assert len({r.id for r in rows}) == len(datas)
+    found = await store.get_many([r.id for r in rows])
+    assert set(found) == {r.id for r in rows}
+    # one blob row per content, even when a batch held the same content twice
+    async with db.engine.connect() as conn:
+        blobs = (await conn.execute(text("SELECT count(*) FROM blobs"))).scalar_one()
+    assert blobs == 21
+
+
+async def test_group_commit_failure_fails_only_its_item() -> None:
+    committed: list[list[str]] = []
+
+    async def commit(items: list[str]) -> None:
+        await asyncio.sleep(0.01)
+        if "bad" in items:
+            raise ValueError("bad row")
+        committed.append(items)
+
+    group = GroupCommit(commit)
+    first = asyncio.ensure_future(group.submit("a"))
+    await asyncio.sleep(0)  # "a" is being committed; the next three wait for one batch
+    rest = [asyncio.ensure_future(group.submit(x)) for x in ("b", "bad", "c")]
+    results = await asyncio.gather(first, *rest, return_exceptions=True)
+    assert results[0] is None and results[1] is None and results[3] is None
+    assert isinstance(results[2], ValueError)
+    assert committed == [["a"], ["b"], ["c"]]  # the failed batch, retried one by one
+
+
+async def test_group_commit_cancelled_caller_still_writes() -> None:
+    committed: list[str] = []
+    gate = asyncio.Event()
+
+    async def commit(items: list[str]) -> None:
+        await gate.wait()
+        committed.extend(items)
+
+    group = GroupCommit(commit)
+    caller = asyncio.ensure_future(group.submit("x"))
+    await asyncio.sleep(0)
+    caller.cancel()
+    gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    later = await asyncio.wait_for(group.submit("y"), 1)
+    assert later is None and committed == ["x", "y"]
+
+
+@pytest.mark.parametrize("started", [False, True])
+async def test_group_commit_cancelled_writer_cancels_its_waiters(started: bool) -> None:
+    async def commit(items: list[str]) -> None:
+        await asyncio.sleep(10)
+
+    group = GroupCommit(commit)
+    callers = [asyncio.ensure_future(group.submit("x"))]
+    await asyncio.sleep(0.01 if started else 0)
+    callers.append(asyncio.ensure_future(group.submit("y")))  # waits for the next batch
+    await asyncio.sleep(0)
+    group._task.cancel()
+    for caller in callers:  # nobody waits forever
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(caller, 1)
