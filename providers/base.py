@@ -184,15 +184,25 @@ class VideoProvider(Provider):
         *,
         first_frame: ImageData | None = None,
         last_frame: ImageData | None = None,
+        external_id: str | None = None,
         **params: Any,
     ) -> str:
         """Start a job; returns a task id that `poll` understands (an opaque string).
 
         `first_frame` / `last_frame` make an image-to-video job; `params` are the
-        provider's own (duration, mode, ...). Invalid inputs raise `InvalidRequest`
-        before any upstream call; upstream failures raise `GatewayError` subclasses.
+        provider's own (duration, mode, ...). `external_id` is the caller's own unique
+        id for the job, handed to upstreams that can find jobs by it (`find`). Invalid
+        inputs raise `InvalidRequest` before any upstream call; upstream failures raise
+        `GatewayError` subclasses.
         """
         raise NotImplementedError
+
+    async def find(self, external_id: str, *, from_image: bool) -> str | None:
+        """The task id of the job submitted with `external_id`, or None when there is
+        none. Lets a resumed job learn whether a submission whose answer was lost went
+        through, instead of submitting (and paying) twice. The default: the upstream
+        cannot look jobs up, None."""
+        return None
 
     async def poll(self, task_id: str) -> VideoStatus:
         """The job's current status (one upstream call). Raises `GatewayError` subclasses."""

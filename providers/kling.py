@@ -900,10 +900,12 @@ class KlingProvider(ImageProvider, VideoProvider):
         *,
         first_frame: ImageData | None = None,
         last_frame: ImageData | None = None,
+        external_id: str | None = None,
         **params: Any,
     ) -> str:
         """Start an image2video job (with `first_frame`) or a text2video job; returns
-        `"image2video:<id>"` / `"text2video:<id>"` for `poll`.
+        `"image2video:<id>"` / `"text2video:<id>"` for `poll`. `external_id` is sent as
+        Kling's `external_task_id` (unique within the account), for `find`.
 
         `params`: `model` (default `video_model`), `duration` (5 | 10, default
         `video_duration`), `mode` (std | pro, default `video_mode`), `cfg_scale` (0-1),
@@ -938,10 +940,22 @@ class KlingProvider(ImageProvider, VideoProvider):
         else:
             prepared = prepare()
         kind = prepared["kind"]
+        if external_id is not None:
+            prepared["payload"]["external_task_id"] = external_id
         data = await self._call("POST", VIDEO_PATHS[kind], json=prepared["payload"])
         task_id = video_task_id(kind, parse_task_id(self.name, data))
         log.debug("provider %s: video task %s submitted", self.name, task_id)
         return task_id
+
+    async def find(self, external_id: str, *, from_image: bool) -> str | None:
+        """Kling's query path takes a task id or an `external_task_id`: the job's task
+        id, or None when Kling has no job by that id (code 1203)."""
+        kind = "image2video" if from_image else "text2video"
+        try:
+            data = await self._call("GET", f"{VIDEO_PATHS[kind]}/{external_id}")
+        except NotFound:
+            return None
+        return video_task_id(kind, parse_task_id(self.name, data))
 
     async def poll(self, task_id: str) -> VideoStatus:
         kind, upstream_id = split_task_id(task_id)

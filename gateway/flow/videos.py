@@ -442,6 +442,10 @@ class VideoRunner:
                     f"The video's provider {row.provider!r} is no longer configured",
                     code="provider_not_configured",
                 )
+            if row.task_id is None and row.runs > 1:
+                ours, row.task_id = await self._find_submitted(row, provider)
+                if not ours:
+                    return
             if row.task_id is None:
                 task_id = await self._submit(row, provider)
                 if task_id is None:
@@ -470,6 +474,29 @@ class VideoRunner:
             pass
         raise GatewayError(f"The video's {what} image is no longer stored", code="frame_missing")
 
+    async def _find_submitted(self, row: Video, provider: VideoProvider) -> tuple[bool, str | None]:
+        """A resumed job without a task id: the previous run may have died after the
+        upstream accepted the job and before its id was stored. Ask the upstream for a
+        job with our id (`external_id`), so that it is not submitted, and paid for, twice.
+
+        (still ours, the task id found or None); not ours: deleted or taken over."""
+        from_image = bool(json.loads(row.params).get("first_frame_id"))
+
+        async def call() -> str | None:
+            return await provider.find(row.id, from_image=from_image)
+
+        task_id = await self._with_retries(call, what=f"lookup of {row.id}")
+        if task_id is None:
+            return True, None
+        log.info("video %s: the previous run's upstream task %s found; not submitting again",
+                 row.id, task_id)  # fmt: skip
+        # the deadline counts from the job's creation: its submission time was lost
+        submitted = row.created_at or self.clock()
+        if not await self._update(row.id, task_id=task_id, submitted_at=submitted):
+            return False, None
+        row.submitted_at = submitted
+        return True, task_id
+
     async def _submit(self, row: Video, provider: VideoProvider) -> str | None:
         """Submit the upstream job and record its task id before anything else; None when
         this process no longer holds the job."""
@@ -481,7 +508,7 @@ class VideoRunner:
         async def call() -> str:
             async with self.slots.slot(row.provider, limit):
                 return await provider.submit(
-                    row.prompt, first_frame=first, last_frame=last, **params
+                    row.prompt, first_frame=first, last_frame=last, external_id=row.id, **params
                 )
 
         task_id = await self._with_retries(call, what=f"submit of {row.id}")

@@ -20,7 +20,7 @@ wrong one answers HTTP 400 `{"code": 1201, "message": "<field>: <why>"}`:
   duration "5"|"10" (a string, as Kling wants)}`; `POST /v1/videos/text2video` the same
   without images, `prompt` required, `aspect_ratio` 16:9 | 9:16 | 1:1.
 
-Each answers `data.task_id` (`task_status: submitted`). `GET .../{task_id}` on the
+Each answers `data.task_id` (`task_status: submitted`). `GET .../{task_id}` (or the `external_task_id` given at submission) on the
 submit path answers `submitted` on the first poll, `processing` until the task has been
 polled `polls` times, then the outcome: `succeed` with `task_result.images[]`
 (`{index, url}`) or `task_result.videos[]` (`{id, url, duration}`), URLs on the fake's
@@ -409,27 +409,46 @@ def _route(request: Request, state: Any, body: Any) -> Any:
         body = check_image_body(body)
     else:
         body = check_video_body(kind, body)
+    external = body.get("external_task_id")
+    if external is not None and _find_task(state, external) is not None:
+        raise Refused(1201, "external_task_id: must be unique within the account")
     task_id = str(secrets.randbelow(9 * 10**17) + 10**17)
     state.tasks[task_id] = {"kind": kind, "body": body, "polls": 0, "outcome": state.outcome}
     now = int(time.time() * 1000)
-    return {"task_id": task_id, "task_status": "submitted", "created_at": now, "updated_at": now}
+    answer = {"task_id": task_id, "task_status": "submitted", "created_at": now, "updated_at": now}
+    if external is not None:
+        answer["task_info"] = {"external_task_id": external}
+    return answer
+
+
+def _find_task(state: Any, task_or_external_id: str) -> str | None:
+    """Kling's query paths take a task id or the caller's `external_task_id`."""
+    if task_or_external_id in state.tasks:
+        return task_or_external_id
+    for task_id, task in state.tasks.items():
+        if task["body"].get("external_task_id") == task_or_external_id:
+            return task_id
+    return None
 
 
 def _poll(request: Request, state: Any, kind: str, task_id: str) -> dict:
     failure = _pop_failure(state.fail_next_poll)
     if failure is not None:
         raise failure
-    task = state.tasks.get(task_id)
+    found = _find_task(state, task_id)
+    task = state.tasks[found] if found is not None else None
     if task is None or task["kind"] != kind:
         raise Refused(1203, f"task {task_id} does not exist")
     task["polls"] += 1
-    return _task_data(request, state, task_id)
+    return _task_data(request, state, found)
 
 
 def _task_data(request: Request, state: Any, task_id: str) -> dict:
     task = state.tasks[task_id]
     polls, now = task["polls"], int(time.time() * 1000)
     data: dict[str, Any] = {"task_id": task_id, "created_at": now, "updated_at": now}
+    if task["body"].get("external_task_id") is not None:
+        data["task_info"] = {"external_task_id": task["body"]["external_task_id"]}
     if task["outcome"] == "never" or polls < state.polls:
         data["task_status"] = "submitted" if polls <= 1 and state.polls > 2 else "processing"
         return data

@@ -167,6 +167,7 @@ async def test_text_to_video_goes_queued_in_progress_completed(client, fake, ser
         "duration": "5",
         "prompt": "a paper boat",
         "aspect_ratio": "9:16",
+        "external_task_id": video["id"],
     }
     row = await services.videos.get(video["id"])
     assert row.task_id == f"text2video:{next(iter(fake.state.tasks))}"  # stored before waiting
@@ -492,6 +493,76 @@ async def test_a_job_whose_claim_ran_out_is_resumed_without_a_second_submission(
         assert len(submissions(fake)) == 1
         content = await client.get(f"/v1/videos/{row['id']}/content")
         assert content.content == fake.state.mp4
+    finally:
+        await second.shutdown()
+
+
+async def _die_and_resume(services, video_id: str, between=None, **values) -> VideoRunner:
+    """The first runner "dies" (its job and maintenance stop, nothing released), then
+    `between()`, the row is changed by `values`, and a second runner takes the job over."""
+    first = services.videos
+    first._maintainer.cancel()
+    first._running[video_id].cancel()
+    await asyncio.sleep(0.05)
+    if between is not None:
+        between()
+    async with services.db.engine.begin() as conn:
+        await conn.execute(update(Video.__table__).values(claimed_until=time.time() - 1, **values))
+    second = VideoRunner(
+        services.settings, services.db, services.images, services.config, services.runner.slots
+    )
+    assert await second.resume_now() == 1
+    return second
+
+
+@pytest.mark.parametrize("from_image", [False, True])
+async def test_a_lost_task_id_is_found_by_our_id_not_submitted_twice(
+    client, fake, services, from_image
+):
+    # The crash between Kling accepting the job and its task id being stored: the
+    # resumed job asks Kling for the job by its external_task_id (our video id).
+    fake.state.outcome = "never"
+    fields = {"input_reference": data_url(picture(400, 600))} if from_image else {}
+    video = await make(client, prompt="lost id", **fields)
+    await wait_video(client, video["id"], lambda v: v["status"] == "in_progress")
+    [sent] = submissions(fake)
+    assert sent["json"]["external_task_id"] == video["id"]
+    stored = await services.videos.get(video["id"])
+    second = await _die_and_resume(services, video["id"], task_id=None, submitted_at=None)
+    try:
+        for task in fake.state.tasks.values():
+            task["outcome"] = "succeed"
+        done = await wait_video(client, video["id"], finished)
+        assert done["status"] == "completed"
+        assert len(submissions(fake)) == 1
+        resumed = await second.get(video["id"])
+        assert resumed.task_id == stored.task_id and resumed.runs == 2
+        # the deadline counts from the job's creation, the submission time being lost
+        assert resumed.submitted_at == pytest.approx(resumed.created_at)
+        lookups = [
+            r for r in fake.state.requests
+            if r["method"] == "GET" and r["path"].endswith("/" + video["id"])
+        ]  # fmt: skip
+        kind = "image2video" if from_image else "text2video"
+        assert [r["path"] for r in lookups] == [f"/v1/videos/{kind}/{video['id']}"]
+    finally:
+        await second.shutdown()
+
+
+async def test_a_resumed_job_kling_never_saw_is_submitted_once(client, fake, services):
+    fake.state.outcome = "never"
+    video = await make(client, prompt="never arrived")
+    await wait_video(client, video["id"], lambda v: v["status"] == "in_progress")
+    # as if the first submission never reached Kling
+    second = await _die_and_resume(
+        services, video["id"], fake.state.tasks.clear, task_id=None, submitted_at=None
+    )
+    try:
+        fake.state.outcome = "succeed"
+        done = await wait_video(client, video["id"], finished)
+        assert done["status"] == "completed"
+        assert len(submissions(fake)) == 2  # the lost one, and this one
+        assert len(fake.state.tasks) == 1
     finally:
         await second.shutdown()
 

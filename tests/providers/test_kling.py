@@ -416,6 +416,34 @@ async def test_text2video_submit_and_wait(fake, make_provider):
     assert api_calls(fake, "POST")[1]["json"]["aspect_ratio"] == "16:9"
 
 
+async def test_external_id_is_sent_and_jobs_are_found_by_it(fake, make_provider):
+    provider = make_provider()
+    frame = ImageData.from_bytes(picture(800, 600))
+    image_task = await provider.submit("x", first_frame=frame, external_id="video_abc")
+    text_task = await provider.submit("y", external_id="video_def")
+    sent = api_calls(fake, "POST")
+    assert [c["json"]["external_task_id"] for c in sent] == ["video_abc", "video_def"]
+    assert await provider.find("video_abc", from_image=True) == image_task
+    assert await provider.find("video_def", from_image=False) == text_task
+    assert api_calls(fake, "GET")[-1]["path"] == "/v1/videos/text2video/video_def"
+    # no such job (Kling code 1203), or one of the other kind: None, so the caller submits
+    assert await provider.find("video_zzz", from_image=False) is None
+    assert await provider.find("video_abc", from_image=False) is None
+    # Kling refuses an external_task_id used twice: never silently a second job
+    with pytest.raises(InvalidRequest, match="external_task_id"):
+        await provider.submit("x", first_frame=frame, external_id="video_abc")
+    assert len(fake.state.tasks) == 2
+    # without an id, nothing is sent
+    await provider.submit("z")
+    assert "external_task_id" not in api_calls(fake, "POST")[-1]["json"]
+
+
+async def test_find_passes_on_other_errors(fake, make_provider):
+    fake.state.fail_next_poll = [1302]
+    with pytest.raises(RateLimited):
+        await make_provider().find("video_abc", from_image=False)
+
+
 async def test_cfg_scale_is_not_sent_to_v2_models(fake, make_provider):
     frame = ImageData.from_bytes(picture(800, 600))
     await make_provider().submit("x", first_frame=frame, model="kling-v2-master", cfg_scale=0.5)
