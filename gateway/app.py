@@ -30,6 +30,7 @@ from gateway.secrets_box import SecretBox
 from gateway.settings import Settings
 from gateway.upstream_slots import UpstreamSlots
 from gateway.usage import RetentionSweep, UsageRecorder, UsageWriter
+from providers.network import upstream_client
 from storage.db import Database
 from storage.service import Storage
 
@@ -118,7 +119,7 @@ def create_app(settings: Settings, *, announce: bool = False) -> FastAPI:
         db = Database(settings.database_url)
         await db.migrate()
         _read_upstream_answers_in_large_pieces()
-        http = httpx.AsyncClient(
+        http = upstream_client(
             timeout=httpx.Timeout(settings.upstream_timeout, connect=15.0),
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
             follow_redirects=False,

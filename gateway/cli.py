@@ -172,11 +172,12 @@ async def _providers_test(args: argparse.Namespace) -> int:
     from gateway.config_store import ConfigStore
     from gateway.probe import probe_all
     from gateway.secrets_box import SecretBox
+    from providers.network import upstream_client
     from storage.db import Database
 
     settings = _settings(args)
     db = Database(settings.database_url)  # providers saved on the dashboard count too
-    async with httpx.AsyncClient(
+    async with upstream_client(
         timeout=httpx.Timeout(settings.upstream_timeout, connect=15)
     ) as http:
         try:

@@ -95,6 +95,12 @@ async def read_limited(response: httpx.Response, limit: int, too_large: str) -> 
     `response.aread()`, and the limit stops a runaway body early. Large bodies take
     their turn (`large_answer_turn`).
     """
+    return joined(await read_limited_parts(response, limit, too_large))
+
+
+async def read_limited_parts(response: httpx.Response, limit: int, too_large: str) -> list[bytes]:
+    """`read_limited` without the final join: the pieces as received, for a caller that
+    joins them in a worker thread (a 3 MB copy less on the event loop)."""
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise UpstreamError(too_large, retryable=False)
@@ -104,7 +110,11 @@ async def read_limited(response: httpx.Response, limit: int, too_large: str) -> 
         return await _read_chunks(response, limit, too_large)
 
 
-async def _read_chunks(response: httpx.Response, limit: int, too_large: str) -> bytes:
+def joined(parts: list[bytes]) -> bytes:
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def _read_chunks(response: httpx.Response, limit: int, too_large: str) -> list[bytes]:
     chunks: list[bytes] = []
     total = 0
     async for chunk in response.aiter_bytes():
@@ -112,4 +122,4 @@ async def _read_chunks(response: httpx.Response, limit: int, too_large: str) -> 
         if total > limit:
             raise UpstreamError(too_large, retryable=False)
         chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return chunks

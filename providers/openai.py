@@ -64,7 +64,7 @@ from providers.base import (
     ProviderOptions,
     TextProvider,
 )
-from providers.http import read_limited, upstream_call
+from providers.http import joined, read_limited, read_limited_parts, upstream_call
 from providers.registry import register
 
 log = logging.getLogger("inkgate.providers.openai")
@@ -658,6 +658,14 @@ def parse_images_body(content: bytes, provider: str = "upstream") -> list[str | 
     return parse_images_response(_parse_json(content, provider, "images answer"), provider)
 
 
+def _parse_images_parts(parts: list[bytes], provider: str) -> list[str | bytes]:
+    return parse_images_body(joined(parts), provider)
+
+
+def _parse_chat_image_parts(parts: list[bytes], provider: str) -> list[str | bytes]:
+    return parse_chat_image_body(joined(parts), provider)
+
+
 def _restore_b64_values(skeleton: bytes, values: list[memoryview]) -> dict | None:
     """The parsed skeleton with each placeholder swapped for its value; None unless every
     value was found, in order, at `data[].b64_json` (anything else: parse the whole body)."""
@@ -836,10 +844,10 @@ class OpenAIProvider(TextProvider, ImageProvider):
             }
         # base64 is 4/3 of the image, plus room for the JSON around it.
         limit = max(1, request.n) * (self.options.max_download_bytes * 4 // 3) + (1 << 20)
-        content = await self._post_for_images(path, body, limit, "images answer")
+        parts = await self._post_for_images(path, body, limit, "images answer")
         with self._upstream():
-            # base64 of several MB: decoded in a worker thread, never on the event loop
-            return await anyio.to_thread.run_sync(parse_images_body, content, self.name)
+            # base64 of several MB: joined and decoded in a worker thread, never on the loop
+            return await anyio.to_thread.run_sync(_parse_images_parts, parts, self.name)
 
     async def _generate_by_chat(self, request: ImageRequest, model: str) -> list[str | bytes]:
         """`n` calls at once (a chat answer holds one image); their images in call order."""
@@ -857,13 +865,13 @@ class OpenAIProvider(TextProvider, ImageProvider):
         limit = self.options.max_download_bytes * 4 // 3 + (1 << 20)
 
         async def call() -> list[str | bytes]:
-            content = await self._post_for_images(
+            parts = await self._post_for_images(
                 "/chat/completions", {"content": body}, limit, "chat image answer"
             )
             with self._upstream():
-                if len(content) < _INLINE_PARSE_BYTES:
-                    return parse_chat_image_body(content, self.name)
-                return await anyio.to_thread.run_sync(parse_chat_image_body, content, self.name)
+                if sum(map(len, parts)) < _INLINE_PARSE_BYTES:
+                    return parse_chat_image_body(joined(parts), self.name)
+                return await anyio.to_thread.run_sync(_parse_chat_image_parts, parts, self.name)
 
         if request.n <= 1:
             return await call()
@@ -880,8 +888,9 @@ class OpenAIProvider(TextProvider, ImageProvider):
 
     async def _post_for_images(
         self, path: str, body: dict[str, Any], limit: int, what: str
-    ) -> bytes:
-        """POST an image request and return the raw answer (at most `limit` bytes)."""
+    ) -> list[bytes]:
+        """POST an image request and return the raw answer (at most `limit` bytes), in
+        the pieces it was received in."""
         headers = self._headers
         if "content" in body:  # pre-encoded JSON
             headers = {"Content-Type": "application/json", **self._headers}
@@ -892,7 +901,7 @@ class OpenAIProvider(TextProvider, ImageProvider):
                 if not response.is_success:
                     await response.aread()
                     self._check_answer(response)
-                return await self._read_body(response, limit, what)
+                return await read_limited_parts(response, limit, self._too_large(what, limit))
 
     async def _read_body(self, response: httpx.Response, limit: int, what: str) -> bytes:
         return await read_limited(response, limit, self._too_large(what, limit))
