@@ -29,7 +29,7 @@ from typing import Any
 import anyio
 from PIL import Image as PILImage
 from PIL import ImageOps, UnidentifiedImageError
-from sqlalchemy import insert, update
+from sqlalchemy import Connection, insert, update
 from sqlmodel import select
 
 from storage.blobs import LocalBlobStore
@@ -298,10 +298,14 @@ class ImageStore:
         """
         blobs = {values["key"]: values for values, _ in items}  # a content once per batch
         images = [row for _, row in items if row is not None]
-        async with self.db.writing(), self.db.engine.begin() as conn:
-            await conn.execute(self._blob_upsert(), list(blobs.values()))
+        upsert = self._blob_upsert()
+
+        def write(conn: Connection) -> None:
+            conn.execute(upsert, list(blobs.values()))
             if images:
-                await conn.execute(insert(Image.__table__), images)
+                conn.execute(insert(Image.__table__), images)
+
+        await self.db.write_in_thread(write)
 
     def _row(self, info: ImageInfo, owner_key_id: str | None, post_id: str | None) -> Image:
         return Image(

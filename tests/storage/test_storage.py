@@ -5,11 +5,12 @@ import io
 
 import pytest
 from PIL import Image
-from sqlalchemy import inspect, text
+from sqlalchemy import insert, inspect, text
 
 from storage.blobs import LocalBlobStore
 from storage.db import Database, normalize_url
 from storage.images import GroupCommit, ImageStore, NotAnImage, blob_key, inspect_image
+from storage.tables import Blob
 
 
 def _png(color=(10, 20, 30), size=(40, 30)) -> bytes:
@@ -203,3 +204,27 @@ async def test_group_commit_cancelled_writer_cancels_its_waiters(started: bool) 
     for caller in callers:  # nobody waits forever
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(caller, 1)
+
+
+async def test_write_in_thread_is_one_transaction_seen_by_the_async_engine(db: Database) -> None:
+    def row(key: str) -> dict:
+        return {
+            "key": key, "sha256": "ab", "ext": "png", "mime": "image/png", "size_bytes": 1,
+            "local": True, "remote_state": "none", "attempts": 0, "next_attempt_at": 0.0,
+            "claimed_until": 0.0, "accessed_at": 1.0, "created_at": 1.0,
+        }  # fmt: skip
+
+    def two(conn):
+        conn.execute(insert(Blob.__table__), [row("images/ab/one.png"), row("images/ab/two.png")])
+        return "done"
+
+    def half(conn):
+        conn.execute(insert(Blob.__table__), [row("images/ab/three.png")])
+        raise RuntimeError("fails after the first row")
+
+    assert await db.write_in_thread(two) == "done"
+    with pytest.raises(RuntimeError):
+        await db.write_in_thread(half)
+    async with db.engine.connect() as conn:
+        keys = (await conn.execute(text("SELECT key FROM blobs ORDER BY key"))).scalars().all()
+    assert keys == ["images/ab/one.png", "images/ab/two.png"]  # the failed one left nothing
