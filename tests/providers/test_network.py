@@ -37,6 +37,7 @@ class Server:
     def __init__(self) -> None:
         self.connections = 0
         self.proxied = 0
+        self.cookies: list[str | None] = []
         self.server: asyncio.Server | None = None
         self.port = 0
 
@@ -64,6 +65,7 @@ class Server:
                     k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:] if x)
                 }
                 length = int(headers.get("content-length", "0"))
+                self.cookies.append(headers.get("cookie"))
                 if target == "/stall-upload":
                     await asyncio.sleep(30)  # never reads the body
                     return
@@ -71,6 +73,11 @@ class Server:
                 if target == "/slow":
                     await asyncio.sleep(30)
                     return
+                extra = b""
+                if target.startswith("/hold/"):
+                    await asyncio.sleep(float(target.rsplit("/", 1)[1]))
+                if target == "/set-cookie":
+                    extra = b"Set-Cookie: session=abc123; Path=/\r\n"
                 if target.startswith("/big/"):
                     answer = pattern(int(target.rsplit("/", 1)[1]))
                 elif target == "/echo":
@@ -78,7 +85,8 @@ class Server:
                 else:
                     answer = b"ok"
                 writer.write(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(answer) + answer
+                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n" % (len(answer), extra)
+                    + answer
                 )
                 await writer.drain()
                 if target == "/then-close":
@@ -302,9 +310,150 @@ def test_every_pool_of_the_client_gets_the_backend(monkeypatch):
     pools = [http._transport._pool] + [t._pool for t in http._mounts.values()]
     assert len(pools) >= 2  # the proxy from the environment is kept
     assert all(isinstance(p._network_backend, AsyncioBackend) for p in pools)
+    assert all(isinstance(p, network.LinearAssignment) for p in pools)
+    assert isinstance(pools[1], httpcore.AsyncHTTPProxy)  # still a proxy pool
     mocked = use_asyncio_backend(httpx.AsyncClient(transport=httpx.MockTransport(lambda r: None)))
     assert isinstance(mocked._transport, httpx.MockTransport)  # left as it is
 
 
 async def test_the_gateway_client_uses_it(services):
     assert isinstance(services.http._transport._pool._network_backend, AsyncioBackend)
+
+
+# --- the connection pool's assignment pass ------------------------------------------------
+
+
+def pool_of(http: httpx.AsyncClient):
+    return http._transport._pool  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_burst_opens_one_connection_per_request_and_the_next_reuses_them(loop):
+    async def main() -> None:
+        server = await Server().start()
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+        try:
+            async with client(timeout=10, limits=limits) as http:
+                url = f"http://127.0.0.1:{server.port}/hold/0.05"
+                for _ in range(3):
+                    answers = await asyncio.gather(*(http.get(url) for _ in range(32)))
+                    assert all(r.status_code == 200 for r in answers)
+                assert server.connections == 32  # the later bursts reused every one
+                assert len(pool_of(http).connections) == 32
+                assert all(c.is_idle() for c in pool_of(http).connections)
+        finally:
+            await server.close()
+
+    run_on(loop, main)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_keep_alive_counts_idle_connections_only(loop):
+    """httpcore 1.0 compared every connection, busy or not, with the keep-alive limit,
+    so with more busy connections than that it closed each one as it became idle."""
+
+    async def main() -> None:
+        server = await Server().start()
+        limits = httpx.Limits(max_connections=20, max_keepalive_connections=2)
+        try:
+            async with client(timeout=10, limits=limits) as http:
+                base = f"http://127.0.0.1:{server.port}"
+                slow = [asyncio.create_task(http.get(f"{base}/hold/0.5")) for _ in range(6)]
+                await asyncio.sleep(0.1)
+                for _ in range(3):  # one idle connection at a time while six are busy
+                    assert (await http.get(f"{base}/hold/0")).status_code == 200
+                assert server.connections == 7  # the quick requests shared one
+                await asyncio.gather(*slow)
+                connections = pool_of(http).connections
+                assert len(connections) == 2 and all(c.is_idle() for c in connections)
+        finally:
+            await server.close()
+
+    run_on(loop, main)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_queued_requests_wait_for_a_free_connection(loop):
+    async def main() -> None:
+        server = await Server().start()
+        limits = httpx.Limits(max_connections=3, max_keepalive_connections=3)
+        try:
+            async with client(timeout=10, limits=limits) as http:
+                url = f"http://127.0.0.1:{server.port}/hold/0.02"
+                calls = 0
+                pool = pool_of(http)
+                assign = pool._assign_requests_to_connections
+
+                def counted():
+                    nonlocal calls
+                    calls += 1
+                    return assign()
+
+                pool._assign_requests_to_connections = counted
+                answers = await asyncio.gather(*(http.get(url) for _ in range(30)))
+                assert [r.status_code for r in answers] == [200] * 30
+                assert server.connections == 3
+                # one pass when a request arrives and one when its answer is closed: an
+                # idle connection is handed to one waiting request, so none is turned
+                # away and retried (each retry would be another pass)
+                assert calls == 60
+        finally:
+            await server.close()
+
+    run_on(loop, main)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_full_pool_makes_room_by_closing_an_idle_connection_to_another_origin(loop):
+    async def main() -> None:
+        first, second = await Server().start(), await Server().start()
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        try:
+            async with client(timeout=10, limits=limits) as http:
+                assert (await http.get(f"http://127.0.0.1:{first.port}/")).text == "ok"
+                assert (await http.get(f"http://127.0.0.1:{second.port}/")).text == "ok"
+                assert (await http.get(f"http://127.0.0.1:{first.port}/")).text == "ok"
+                assert (first.connections, second.connections) == (2, 1)
+                assert len(pool_of(http).connections) == 1
+        finally:
+            await first.close()
+            await second.close()
+
+    run_on(loop, main)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_the_upstream_client_keeps_no_cookies(loop):
+    async def main() -> None:
+        server = await Server().start()
+        try:
+            async with network.upstream_client(timeout=10) as http:
+                base = f"http://127.0.0.1:{server.port}"
+                r = await http.get(f"{base}/set-cookie")
+                assert r.cookies.get("session") == "abc123"  # the answer still shows it
+                await http.get(f"{base}/")
+                assert server.cookies == [None, None]  # never sent back
+                assert not http.cookies
+        finally:
+            await server.close()
+
+    run_on(loop, main)
+
+
+def test_received_chunks_are_handed_out_in_slices_without_losing_a_byte():
+    protocol = network._Protocol()
+    data = pattern(300_000)
+    for piece in (data[:200_000], data[200_000:210_000], data[210_000:]):
+        protocol.data_received(piece)
+    out = []
+    sizes = [65_536, 1, 65_536, 100_000, 65_536, 65_536, 65_536]
+    for size in sizes:
+        if not protocol.chunks:
+            break
+        piece = protocol.take(size)
+        assert 0 < len(piece) <= size
+        out.append(piece)
+    while protocol.chunks:
+        out.append(protocol.take(65_536))
+    assert b"".join(out) == data
+    assert protocol.buffered == 0 and protocol.offset == 0
