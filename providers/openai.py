@@ -705,9 +705,14 @@ class OpenAIProvider(TextProvider, ImageProvider):
             options.timeout if options.timeout is not None else httpx.USE_CLIENT_DEFAULT
         )
         self._origin = httpx.URL(options.base_url).copy_with(path="/", query=None, fragment=None)
+        self._urls: dict[str, httpx.URL] = {}
 
-    def _url(self, path: str) -> str:
-        return f"{self.options.base_url}{path}"
+    def _url(self, path: str) -> httpx.URL:
+        """`{base_url}{path}`, parsed once per path (httpx parses a string on every call)."""
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = httpx.URL(f"{self.options.base_url}{path}")
+        return url
 
     async def list_models(self) -> list[str] | None:
         """`GET {base}/models`: the ids the API (or relay) offers."""
