@@ -242,6 +242,7 @@ class ImageStore:
         self._fetching: dict[str, asyncio.Future] = {}
         self.hot = HotBytes(int(self.config.serve_cache_mb * 1024 * 1024))
         self._group: GroupCommit = GroupCommit(self._commit)
+        self._upsert: Any = None
 
     @property
     def remote_enabled(self) -> bool:
@@ -275,7 +276,12 @@ class ImageStore:
 
     def _blob_upsert(self):
         """INSERT a content's blob row, or mark its local copy present again (executed
-        with one parameter set per blob)."""
+        with one parameter set per blob). Built once: building it took ~0.3 ms."""
+        if self._upsert is None:
+            self._upsert = self._build_blob_upsert()
+        return self._upsert
+
+    def _build_blob_upsert(self):
         if self.db.is_sqlite:
             from sqlalchemy.dialects.sqlite import insert as dialect_insert
         else:
@@ -331,6 +337,7 @@ class ImageStore:
         info = await anyio.to_thread.run_sync(self._write, data)
         await self._save(info, None)
         self._new_blob()
+        self.hot.put(blob_key(info.sha256, info.ext), data)
         return self._row(info, owner_key_id, post_id)
 
     async def put(
@@ -343,6 +350,12 @@ class ImageStore:
         # committed together with the rows of concurrent puts
         await self._save(info, row)
         self._new_blob()
+        # a new image is usually fetched soon (a chat client shows it): serve it from
+        # memory, with no database lookup and no disk read (see LocalBlobStore)
+        key = blob_key(info.sha256, info.ext)
+        self.hot.put(key, data)
+        ref = ImageRef(row.id, info.sha256, info.mime, info.ext, key)
+        self._refs.put(row.id, (ref, time.monotonic() + self.REF_TTL))
         return row
 
     def _new_blob(self) -> None:
