@@ -304,6 +304,12 @@ class LinearAssignment:
     _max_connections: int
     _max_keepalive_connections: int
 
+    def create_connection(self, origin: httpcore.Origin) -> Any:
+        connection = super().create_connection(origin)  # type: ignore[misc]
+        if type(connection) is httpcore.AsyncHTTPConnection:  # not a proxy's tunnel
+            connection.__class__ = _Connection
+        return connection
+
     def _assign_requests_to_connections(self) -> list[Any]:
         reserved = {id(r.connection) for r in self._requests if r.connection is not None}
         closing: list[Any] = []
@@ -359,10 +365,25 @@ class LinearAssignment:
                     if old in available:
                         available.remove(old)
                     closing.append(old)
-                connection = self.create_connection(origin)  # type: ignore[attr-defined]
+                connection = self.create_connection(origin)
                 self._connections.append(connection)
             pool_request.assign_to_connection(connection)
         return closing
+
+
+class _Connection(httpcore.AsyncHTTPConnection):
+    """A pooled connection whose HTTP/1.1 reads take up to `READ_AHEAD_BYTES` at once.
+
+    httpcore reads 64 KiB at a time; the event loop receives up to 256 KiB at once, and
+    every read goes up through h11, httpcore and httpx (about ten Python calls), so
+    a 3 MB answer took ~47 passes instead of ~12 (~5% of the loop's time per image)."""
+
+    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
+        response = await super().handle_async_request(request)
+        inner = self._connection
+        if isinstance(inner, httpcore.AsyncHTTP11Connection):  # the body is read after this
+            inner.READ_NUM_BYTES = READ_AHEAD_BYTES
+        return response
 
 
 def _linear_pool_class(cls: type) -> type:

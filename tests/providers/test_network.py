@@ -122,6 +122,8 @@ def test_large_answers_and_uploads_arrive_whole_on_one_kept_alive_connection(loo
                 assert r.text == f"{len(upload)} {hashlib.sha256(upload).hexdigest()}"
                 assert server.connections == 1  # every request on the same connection
                 assert all(isinstance(s, AsyncioStream) for s in streams_of(http))
+                (inner,) = [c._connection for c in http._transport._pool.connections]
+                assert inner.READ_NUM_BYTES == network.READ_AHEAD_BYTES  # 256 KiB reads
                 assert streams_of(http)[0].get_extra_info("server_addr")[1] == server.port
         finally:
             await server.close()
