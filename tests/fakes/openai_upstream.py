@@ -143,8 +143,11 @@ class FakePng:
     def png(self, serial: int) -> bytes:
         return self.head + self._tail(serial)
 
+    def tail_b64(self, serial: int) -> bytes:
+        return base64.b64encode(self._tail(serial))
+
     def b64(self, serial: int) -> bytes:
-        return self.head_b64 + base64.b64encode(self._tail(serial))
+        return self.head_b64 + self.tail_b64(serial)
 
 
 @functools.lru_cache(maxsize=8)
@@ -663,19 +666,24 @@ async def _images_answer(request: Request, params: dict) -> Response:
         state.images_in_flight -= 1
 
     png: FakePng = state.png
-    items: list[bytes] = []
-    for _ in range(n):
+    # The body in pieces: the base64 of the image's fixed head is one shared bytes object,
+    # so an answer costs no multi-megabyte copy here (the fake shares the benchmark
+    # machine with the gateway; a real upstream does not).
+    parts: list[bytes] = [b'{"created":%d,"data":[' % int(time.time())]
+    for i in range(n):
         state.serial += 1
         serial = state.serial
+        if i:
+            parts.append(b",")
         if response_format == "url":
             name = f"img-{serial}"
             state.files[name] = png.png(serial)
             while len(state.files) > MAX_STORED_FILES:
                 state.files.popitem(last=False)
             url = f"{str(request.base_url).rstrip('/')}/files/{name}.png"
-            items.append(b'{"url":' + json.dumps(url).encode() + b"}")
+            parts.append(b'{"url":' + json.dumps(url).encode() + b"}")
         else:
-            items.append(b'{"b64_json":"' + png.b64(serial) + b'"}')
+            parts += (b'{"b64_json":"', png.head_b64, png.tail_b64(serial) + b'"}')
     tokens = len(prompt) // 4 + 1
     usage = {
         "total_tokens": tokens + 1056 * n,
@@ -683,16 +691,23 @@ async def _images_answer(request: Request, params: dict) -> Response:
         "output_tokens": 1056 * n,
         "input_tokens_details": {"text_tokens": tokens, "image_tokens": 0},
     }
-    body = b"".join(
-        [
-            b'{"created":%d,"data":[' % int(time.time()),
-            b",".join(items),
-            b'],"usage":',
-            json.dumps(usage).encode(),
-            b"}",
-        ]
-    )
-    return Response(body, media_type="application/json")
+    parts += (b'],"usage":', json.dumps(usage).encode(), b"}")
+    return PiecesResponse(parts, media_type="application/json")
+
+
+class PiecesResponse(Response):
+    """A body sent as the pieces it is made of, with its Content-Length."""
+
+    def __init__(self, pieces: list[bytes], media_type: str) -> None:
+        super().__init__(b"", media_type=media_type)
+        self.pieces = pieces
+        self.headers["content-length"] = str(sum(map(len, pieces)))
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        for i, piece in enumerate(self.pieces):
+            more = i < len(self.pieces) - 1
+            await send({"type": "http.response.body", "body": piece, "more_body": more})
 
 
 async def files(request: Request) -> Response:
