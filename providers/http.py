@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 
 from gateway.errors import GatewayError, UpstreamError, map_upstream_errors
+from providers.network import WHOLE_BODY
 
 log = logging.getLogger("inkgate.upstream")
 
@@ -95,17 +96,25 @@ async def read_limited(response: httpx.Response, limit: int, too_large: str) -> 
     `response.aread()`, and the limit stops a runaway body early. Large bodies take
     their turn (`large_answer_turn`).
     """
-    return joined(await read_limited_parts(response, limit, too_large))
+    body = joined(await read_limited_parts(response, limit, too_large))
+    return body if type(body) is bytes else bytes(body)
 
 
 async def read_limited_parts(response: httpx.Response, limit: int, too_large: str) -> list[bytes]:
     """`read_limited` without the final join: the pieces as received, for a caller that
-    joins them in a worker thread (a 3 MB copy less on the event loop)."""
+    joins them in a worker thread (a 3 MB copy less on the event loop).
+
+    A large answer with a declared length usually arrives as one piece: a `bytearray`,
+    received straight into it (`providers.network.WHOLE_BODY`)."""
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise UpstreamError(too_large, retryable=False)
     if declared.isdigit() and int(declared) < LARGE_ANSWER_BYTES:
         return await _read_chunks(response, limit, too_large)
+    # Read whole, into one buffer, where the connection can (`providers.network`). httpx
+    # hands httpcore this very dict, which its connection reads when the body is read.
+    with contextlib.suppress(RuntimeError):  # a response made without a request
+        response.request.extensions[WHOLE_BODY] = True
     async with large_answer_turn():
         return await _read_chunks(response, limit, too_large)
 

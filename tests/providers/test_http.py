@@ -41,6 +41,8 @@ def test_client_message_never_holds_the_key() -> None:
 async def test_read_limited() -> None:
     small = httpx.Response(200, content=b"x" * 10)
     assert await read_limited(small, 100, "too big") == b"x" * 10
+    large = httpx.Response(200, content=b"z" * 300_000)  # no request: nothing to ask
+    assert await read_limited(large, 400_000, "too big") == b"z" * 300_000
     declared = httpx.Response(200, content=b"x" * 200)
     with pytest.raises(UpstreamError, match="too big"):
         await read_limited(declared, 100, "too big")

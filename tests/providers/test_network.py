@@ -78,6 +78,23 @@ class Server:
                     await asyncio.sleep(float(target.rsplit("/", 1)[1]))
                 if target == "/set-cookie":
                     extra = b"Set-Cookie: session=abc123; Path=/\r\n"
+                if target.startswith(("/cut/", "/drip/")):
+                    # /cut/N: N bytes declared, half sent, then closed;
+                    # /drip/N/PIECES/GAP: N bytes in PIECES pieces, GAP seconds apart
+                    size, *drip = target.split("/")[2:]
+                    answer = pattern(int(size))
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(answer))
+                    if not drip:
+                        writer.write(answer[: len(answer) // 2])
+                        await writer.drain()
+                        return
+                    pieces, gap = int(drip[0]), float(drip[1])
+                    step = -(-len(answer) // pieces)
+                    for at in range(0, len(answer), step):
+                        await asyncio.sleep(gap)
+                        writer.write(answer[at : at + step])
+                        await writer.drain()
+                    continue
                 if target.startswith("/big/"):
                     answer = pattern(int(target.rsplit("/", 1)[1]))
                 elif target == "/echo":
@@ -274,6 +291,12 @@ def test_tls_with_the_name_checked(loop, tmp_path):
                 url = f"https://127.0.0.1:{server.port}/big/3000000"
                 r = await http.get(url, extensions={"sni_hostname": "upstream.test"})
                 assert r.content == pattern(3_000_000)
+                whole = {"sni_hostname": "upstream.test", network.WHOLE_BODY: True}
+                request = http.build_request("GET", url, extensions=whole)
+                response = await http.send(request, stream=True)
+                chunks = [chunk async for chunk in response.aiter_raw()]
+                await response.aclose()
+                assert len(chunks) == 1 and chunks[0] == pattern(3_000_000)
                 stream = streams_of(http)[0]
                 assert stream.get_extra_info("ssl_object") is not None
                 assert stream.get_extra_info("is_readable") is False
@@ -459,3 +482,138 @@ def test_received_chunks_are_handed_out_in_slices_without_losing_a_byte():
         out.append(protocol.take(65_536))
     assert b"".join(out) == data
     assert protocol.buffered == 0 and protocol.offset == 0
+
+
+async def _chunks(http: httpx.AsyncClient, url: str, whole: bool = True) -> list:
+    extensions = {network.WHOLE_BODY: True} if whole else {}
+    request = http.build_request("GET", url, extensions=extensions)
+    response = await http.send(request, stream=True)
+    try:
+        return [chunk async for chunk in response.aiter_raw()]
+    finally:
+        await response.aclose()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_body_asked_for_whole_arrives_as_one_buffer_on_a_kept_alive_connection(loop):
+    async def main() -> None:
+        server = await Server().start()
+        try:
+            async with client(timeout=10) as http:
+                base = f"http://127.0.0.1:{server.port}"
+                for size in (1, 70_000, 3_000_000, 9_000_001):
+                    chunks = await _chunks(http, f"{base}/big/{size}")
+                    assert len(chunks) == 1 and type(chunks[0]) is bytearray
+                    assert chunks[0] == pattern(size)
+                # after the headers, the body in pieces (with /big/ its start came with them)
+                chunks = await _chunks(http, f"{base}/drip/1000000/7/0.01")
+                assert len(chunks) == 1 and chunks[0] == pattern(1_000_000)
+                # not asked for: read through h11, at most 256 KiB at a time
+                chunks = await _chunks(http, f"{base}/big/3000000", whole=False)
+                assert len(chunks) > 1 and max(map(len, chunks)) <= network.READ_AHEAD_BYTES
+                assert b"".join(chunks) == pattern(3_000_000)
+                assert server.connections == 1  # every body was read to its end
+                (conn,) = http._transport._pool.connections
+                assert conn.is_idle()
+                assert type(conn._connection) is network._HTTP11
+        finally:
+            await server.close()
+
+    run_on(loop, main)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_body_over_the_whole_body_limit_is_read_in_chunks(loop, monkeypatch):
+    monkeypatch.setattr(network, "WHOLE_BODY_MAX_BYTES", 1_000_000)
+
+    async def main() -> None:
+        server = await Server().start()
+        try:
+            async with client(timeout=10) as http:
+                base = f"http://127.0.0.1:{server.port}"
+                assert len(await _chunks(http, f"{base}/big/1000000")) == 1
+                chunks = await _chunks(http, f"{base}/big/1000001")
+                assert len(chunks) > 1 and b"".join(chunks) == pattern(1_000_001)
+        finally:
+            await server.close()
+
+    run_on(loop, main)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_whole_body_cut_short_is_a_protocol_error_and_the_connection_is_not_reused(loop):
+    async def main() -> None:
+        server = await Server().start()
+        try:
+            async with client(timeout=10) as http:
+                base = f"http://127.0.0.1:{server.port}"
+                with pytest.raises(
+                    httpx.RemoteProtocolError, match="received 1500000 bytes, expected 3000000"
+                ):
+                    await _chunks(http, f"{base}/cut/3000000")
+                assert await _chunks(http, f"{base}/big/500000") == [pattern(500_000)]
+                assert server.connections == 2
+        finally:
+            await server.close()
+
+    run_on(loop, main)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_whole_body_times_out_only_when_nothing_arrives_for_the_read_timeout(loop):
+    async def main() -> None:
+        server = await Server().start()
+        try:
+            async with client(timeout=httpx.Timeout(10, read=0.25)) as http:
+                base = f"http://127.0.0.1:{server.port}"
+                # 1.2 s in all, but never 0.25 s without a byte
+                chunks = await _chunks(http, f"{base}/drip/2000000/12/0.1")
+                assert chunks == [pattern(2_000_000)]
+                with pytest.raises(httpx.ReadTimeout):  # a 0.5 s silence mid-body
+                    await _chunks(http, f"{base}/drip/2000000/3/0.5")
+        finally:
+            await server.close()
+
+    run_on(loop, main)
+
+
+def test_received_chunks_are_copied_out_across_chunk_boundaries():
+    protocol = network._Protocol()
+    data = pattern(300_000)
+    for piece in (data[:200_000], data[200_000:210_000], data[210_000:]):
+        protocol.data_received(piece)
+    out = bytearray(300_000)
+    view, filled = memoryview(out), 0
+    for size in (1, 150_000, 60_000, 89_999):
+        while size and protocol.chunks:
+            count = protocol.take_into(view[filled : filled + size])
+            filled, size = filled + count, size - count
+    assert out == data and filled == len(data)
+    assert protocol.buffered == 0 and protocol.offset == 0 and not protocol.chunks
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_the_limited_readers_ask_for_large_bodies_whole(loop):
+    from providers.http import LARGE_ANSWER_BYTES, read_limited, read_limited_parts
+
+    async def main() -> None:
+        server = await Server().start()
+        try:
+            async with client(timeout=10) as http:
+                base = f"http://127.0.0.1:{server.port}"
+                async with http.stream("GET", f"{base}/big/3000000") as response:
+                    parts = await read_limited_parts(response, 4_000_000, "too big")
+                assert len(parts) == 1 and parts[0] == pattern(3_000_000)
+                async with http.stream("GET", f"{base}/big/3000000") as response:
+                    body = await read_limited(response, 4_000_000, "too big")
+                assert type(body) is bytes and body == pattern(3_000_000)  # callers get bytes
+                small = LARGE_ANSWER_BYTES - 1  # small answers: as they come
+                async with http.stream("GET", f"{base}/big/{small}") as response:
+                    assert network.WHOLE_BODY not in response.request.extensions
+                    assert b"".join(await read_limited_parts(response, small, "x")) == pattern(
+                        small
+                    )
+        finally:
+            await server.close()
+
+    run_on(loop, main)
