@@ -22,12 +22,11 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import anyio
 import httpx
-import pybase64
 from PIL import Image
 
 from gateway.errors import InvalidRequest
 from gateway.flow.reference import shrink
-from providers.base import ImageData
+from providers.base import ImageData, decode_base64
 
 MAX_REFERENCE_BYTES = 20 * 1024 * 1024
 # A small PNG can claim a huge canvas; decoding it would take gigabytes.
@@ -92,7 +91,7 @@ async def decode_data_url(url: str, param: str) -> ImageData:
             "Image data URLs must be base64 'data:image/...;base64,...'", param=param
         )
     try:
-        data = pybase64.b64decode(url[match.end() :], validate=False)
+        data = decode_base64(url[match.end() :])
     except (binascii.Error, ValueError) as exc:
         raise InvalidRequest("The image data URL is not valid base64", param=param) from exc
     if len(data) > MAX_REFERENCE_BYTES:

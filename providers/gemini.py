@@ -58,6 +58,7 @@ from providers.base import (
     ImageRequest,
     ProviderOptions,
     TextProvider,
+    decode_base64,
     message_text,
 )
 from providers.http import read_limited, upstream_call
@@ -492,8 +493,7 @@ def parse_image_response(data: Any, provider: str = "upstream") -> str:
 def decode_image(b64: str, provider: str = "upstream") -> ImageData:
     """The image bytes of a base64 `inlineData.data`, with the MIME type from the bytes."""
     try:
-        # pybase64 is SIMD: ~0.5 ms instead of ~3 ms for a 2 MB image.
-        data = pybase64.b64decode(b64, validate=False)
+        data = decode_base64(b64)
     except (binascii.Error, ValueError):
         raise UpstreamError(
             f"Upstream provider '{provider}' sent invalid base64 image data", retryable=False

@@ -63,6 +63,7 @@ from providers.base import (
     ImageRequest,
     ProviderOptions,
     TextProvider,
+    decode_base64,
 )
 from providers.http import joined, read_limited, read_limited_parts, upstream_call
 from providers.registry import register
@@ -587,10 +588,9 @@ def parse_images_response(data: Any, provider: str = "upstream") -> list[str | b
 
 
 def _b64decode(text: str | memoryview, provider: str) -> bytes:
-    # pybase64 is SIMD: ~0.5 ms instead of ~3 ms for a 2 MB image, and takes a view
-    # of the answer without copying it.
+    # takes a view of the answer without copying it
     try:
-        return pybase64.b64decode(text, validate=False)
+        return decode_base64(text)
     except (binascii.Error, ValueError):
         message = f"Upstream provider '{provider}' sent invalid base64 image data"
         raise UpstreamError(message) from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import io
 import json
 
@@ -19,7 +20,7 @@ from gateway.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from providers.base import ImageData, ImageRequest
+from providers.base import ImageData, ImageRequest, decode_base64
 from providers.openai import (
     OpenAIOptions,
     OpenAIProvider,
@@ -248,6 +249,34 @@ def test_parse_images_body_falls_back(body):
     images = parse_images_body(body)
     assert images == parse_images_response(json.loads(body))
     assert images[0] in (b"\xff" * 300, PNG)
+
+
+def test_decode_base64_strict_first_then_lenient():
+    wrapped = base64.encodebytes(PNG)  # a line break every 76 characters
+    assert b"\n" in wrapped
+    assert decode_base64(base64.b64encode(PNG)) == PNG
+    assert decode_base64(base64.b64encode(PNG).decode()) == PNG
+    assert decode_base64(memoryview(b"x" + base64.b64encode(PNG))[1:]) == PNG
+    # characters outside the alphabet are skipped, as before the strict decode came first
+    assert decode_base64(wrapped) == PNG
+    assert decode_base64(wrapped.replace(b"\n", b"\r\n")) == PNG
+    with pytest.raises((binascii.Error, ValueError)):
+        decode_base64(b"aGk")  # a character short
+    with pytest.raises((binascii.Error, ValueError)):
+        decode_base64("\u00e9t\u00e9")
+
+
+def test_parse_images_body_line_wrapped_base64():
+    # an upstream whose base64 has JSON-escaped line breaks: the whole body is parsed
+    # (no fast path with escapes) and the lenient decode skips the breaks
+    wrapped = base64.encodebytes(PNG).decode()
+    body = json.dumps({"data": [{"b64_json": wrapped}]}).encode()
+    assert b"\\n" in body
+    assert parse_images_body(body) == [PNG]
+    # a raw line break inside the JSON string is not JSON, but the fast path takes the
+    # value as it is: still the same image
+    raw = b'{"data":[{"b64_json":"' + base64.encodebytes(PNG) + b'"}]}'
+    assert parse_images_body(raw) == [PNG]
 
 
 def test_parse_images_body_errors():
