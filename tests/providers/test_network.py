@@ -373,6 +373,47 @@ def test_a_burst_opens_one_connection_per_request_and_the_next_reuses_them(loop)
 
 
 @pytest.mark.parametrize("loop", LOOPS)
+def test_a_request_connects_and_is_sent_before_the_loop_runs_other_ready_work(loop, monkeypatch):
+    """No yield to the event loop on the way to the socket (httpcore's anyio locks
+    yielded three times a request, so a burst's connects waited for all of its intake)."""
+    order: list[str] = []
+    connect_tcp, write = AsyncioBackend.connect_tcp, AsyncioStream.write
+
+    async def recording_connect(self, *args, **kwargs):
+        order.append("connect")
+        return await connect_tcp(self, *args, **kwargs)
+
+    async def recording_write(self, *args, **kwargs):
+        order.append("write")
+        return await write(self, *args, **kwargs)
+
+    monkeypatch.setattr(AsyncioBackend, "connect_tcp", recording_connect)
+    monkeypatch.setattr(AsyncioStream, "write", recording_write)
+
+    async def main() -> None:
+        server = await Server().start()
+        try:
+            async with client(timeout=10) as http:
+                url = f"http://127.0.0.1:{server.port}/ok"
+                # a new connection (its connect then waits for the socket), then the
+                # kept-alive one (the request written whole)
+                for first in ("connect", "write"):
+                    order.clear()
+                    task = asyncio.ensure_future(http.get(url))
+                    asyncio.get_running_loop().call_soon(order.append, "other")
+                    assert (await task).status_code == 200
+                    assert order[0] == first and order.index("other") > 0
+                (conn,) = pool_of(http).connections
+                assert type(conn._connection) is network._HTTP11
+                assert type(conn._request_lock) is network._RequestLock
+                assert type(conn._connection._state_lock) is asyncio.Lock
+        finally:
+            await server.close()
+
+    run_on(loop, main)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
 def test_keep_alive_counts_idle_connections_only(loop):
     """httpcore 1.0 compared every connection, busy or not, with the keep-alive limit,
     so with more busy connections than that it closed each one as it became idle."""
