@@ -241,6 +241,12 @@ def test_parse_images_body_fast_path(answer, separators):
     [
         # escaped slashes (some relays): no fast path, same result
         b'{"data":[{"b64_json":"' + base64.b64encode(b"\xff" * 300).replace(b"/", b"\\/") + b'"}]}',
+        # an escaped quote in the value: cut there, the skeleton does not parse
+        b'{"data":[{"b64_json":"'
+        + base64.b64encode(PNG)[:100]
+        + b'\\"'
+        + base64.b64encode(PNG)[100:]
+        + b'"}]}',
         # a b64_json key somewhere else than data[]
         b'{"meta":{"b64_json":"aGk="},"data":[{"b64_json":"' + base64.b64encode(PNG) + b'"}]}',
     ],
