@@ -26,7 +26,15 @@ from pathlib import Path
 
 import httpx
 
-from bench.flow import MASTER, ROOT, free_port, proc_cpu_seconds, proc_peak_rss_mb, wait_ready
+from bench.flow import (
+    MASTER,
+    ROOT,
+    free_port,
+    proc_cpu_seconds,
+    proc_peak_rss_mb,
+    spawned_workers,
+    wait_ready,
+)
 from providers.network import use_asyncio_backend
 
 
@@ -78,6 +86,20 @@ async def _clients(
     return latencies, later, errors, elapsed
 
 
+def _gateway_pids(pid: int, workers: int) -> list[int]:
+    """The processes doing the gateway's work: `pid`, or its `workers` worker processes
+    (`inkgate serve --workers N`: uvicorn's supervisor and its spawned children)."""
+    if workers == 1:
+        return [pid]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        children = spawned_workers(pid)
+        if len(children) == workers:
+            return [pid, *children]
+        time.sleep(0.2)
+    raise RuntimeError(f"gateway {pid}: {workers} workers not found")
+
+
 def _percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
@@ -89,6 +111,7 @@ def scenario(
     seconds: float,
     image_bytes: int,
     gateway_root: Path = ROOT,
+    workers: int = 1,
 ) -> list[dict]:
     up_port, gw_port = free_port(), free_port()
     data_dir = Path(tempfile.mkdtemp(prefix="inkgate-bench-pt-"))
@@ -104,7 +127,8 @@ def scenario(
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     server = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--port", str(gw_port), "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "gateway.cli", "serve", "--port", str(gw_port), "--data-dir", str(data_dir)]
+        + (["--workers", str(workers)] if workers > 1 else []),
         cwd=gateway_root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     results = []
@@ -113,12 +137,13 @@ def scenario(
         wait_ready(f"http://127.0.0.1:{gw_port}/health", server)
         base = f"http://127.0.0.1:{gw_port}"
         asyncio.run(_clients(base, 2, 2))  # warm-up: imports, first connections, tables
+        gateway = _gateway_pids(server.pid, workers)
         for clients in clients_list:
-            cpu0 = proc_cpu_seconds(server.pid)
+            cpu0 = sum(map(proc_cpu_seconds, gateway))
             up0 = proc_cpu_seconds(upstream.pid)
             me0 = time.process_time()
             latencies, later, errors, elapsed = asyncio.run(_clients(base, clients, seconds))
-            cpu = proc_cpu_seconds(server.pid) - cpu0
+            cpu = sum(map(proc_cpu_seconds, gateway)) - cpu0
             up_cpu = proc_cpu_seconds(upstream.pid) - up0
             client_cpu = time.process_time() - me0
             done = len(latencies)
@@ -142,7 +167,7 @@ def scenario(
                     "client_cpu_ms_per_request": round(client_cpu * 1000 / max(1, done), 2),
                 }
             )
-        peak = proc_peak_rss_mb(server.pid)
+        peak = sum(map(proc_peak_rss_mb, gateway))
         for r in results:
             r["server_peak_rss_mb"] = round(peak, 1)
     finally:
@@ -164,6 +189,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--image-bytes", type=int, default=2_300_000)
     parser.add_argument(
+        "--gateway-workers",
+        type=int,
+        default=1,
+        help="inkgate serve --workers N (CPU and peak RSS are summed over the processes)",
+    )
+    parser.add_argument(
         "--gateway-root",
         type=Path,
         default=ROOT,
@@ -174,8 +205,9 @@ def main() -> int:
     rows = []
     for latency in args.latency:
         rows += scenario(
-            latency, args.clients, args.seconds, args.image_bytes, args.gateway_root.resolve()
-        )
+            latency, args.clients, args.seconds, args.image_bytes, args.gateway_root.resolve(),
+            args.gateway_workers,
+        )  # fmt: skip
     print(json.dumps(rows, indent=2))
     by = {(r["upstream_latency_s"], r["clients"]): r for r in rows}
     fast, slow = by.get((0.0, 32)), by.get((2.0, 32))

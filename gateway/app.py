@@ -66,7 +66,9 @@ async def first_start_banner(
     base = local_base_url(settings)
     lines = [
         "",
-        "InkGate is running.",
+        "InkGate is running."
+        if settings.workers == 1
+        else f"InkGate is starting {settings.workers} workers.",
         f"  OpenAI base URL : {base}/v1",
         f"  Dashboard       : {base}/admin",
     ]
@@ -86,6 +88,35 @@ async def first_start_banner(
             "  (one-time, 24 h; INKGATE_MASTER_KEY works too. Creates the first admin.)",
         ]
     print("\n".join(lines) + "\n", file=out, flush=True)
+
+
+async def prepare_workers(settings: Settings) -> None:
+    """What `inkgate serve --workers N` does once, before its workers start: the data
+    directory and signing secret, the migrations, and the banner (with the first API
+    key and the dashboard's setup token). Each worker then finds them done."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    await anyio.to_thread.run_sync(settings.signing_secret)
+    db = Database(settings.database_url)
+    try:
+        await db.migrate()
+        keys = KeyService(db, settings.master_key)
+        admin = AdminAuth(
+            db, session_hours=settings.admin_session_hours, master_key=settings.master_key
+        )
+        await first_start_banner(settings, keys, admin=admin)
+    finally:
+        await db.dispose()
+
+
+def worker_app() -> FastAPI:
+    """The app of one `inkgate serve --workers N` worker process (uvicorn's factory),
+    from the environment the supervisor set."""
+    from gateway.cli import configure_logging, tune_allocator
+
+    settings = Settings.from_env()
+    tune_allocator()
+    configure_logging(settings)
+    return create_app(settings, worker=True)
 
 
 def _services_db(app: FastAPI) -> Database | None:
@@ -109,8 +140,9 @@ class InkGateApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
-def create_app(settings: Settings, *, announce: bool = False) -> FastAPI:
-    """Build the app. `announce` prints the banner at start (the CLI sets it)."""
+def create_app(settings: Settings, *, announce: bool = False, worker: bool = False) -> FastAPI:
+    """Build the app. `announce` prints the banner at start (the CLI sets it); `worker`:
+    one of several `inkgate serve` processes (the supervisor printed the banner)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -162,6 +194,7 @@ def create_app(settings: Settings, *, announce: bool = False) -> FastAPI:
         watcher = asyncio.create_task(source.watch(settings.config_reload_seconds))
         if announce:
             await first_start_banner(settings, keys, admin=admin)
+        if announce or worker:
             # Everything imported so far lives as long as the process: keep the garbage
             # collector from rescanning it on every full collection.
             gc.freeze()

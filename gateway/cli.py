@@ -26,6 +26,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         changes["host"] = args.host
     if getattr(args, "port", None):
         changes["port"] = args.port
+    if getattr(args, "workers", None) is not None:
+        changes["workers"] = args.workers
     return replace(settings, **changes) if changes else settings
 
 
@@ -57,30 +59,52 @@ def tune_allocator() -> bool:
     )
 
 
-def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    tune_allocator()
-
-    from gateway.app import create_app
-
-    settings = _settings(args)
+def configure_logging(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     # migrations report only problems, so the start-up banner stays readable
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
-    app = create_app(settings, announce=True)
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    tune_allocator()
+
+    from gateway.app import create_app, prepare_workers
+
+    try:
+        settings = _settings(args)
+    except ValueError as exc:
+        print(f"inkgate serve: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings)
     # X-Forwarded-* are handled by the gateway itself (INKGATE_TRUSTED_PROXIES),
     # so uvicorn must not rewrite the client address from them.
-    uvicorn.run(
-        app,
+    options = dict(
         host=settings.host,
         port=settings.port,
         proxy_headers=False,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=10,
     )
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings, announce=True), **options)
+        return 0
+    # Several processes on one port (uvicorn's supervisor shares the listening socket).
+    # What must happen once happens here first (the signing secret, migrations, the
+    # first API key and the banner); each worker builds its app from the environment.
+    asyncio.run(prepare_workers(settings))
+    os.environ.update(
+        INKGATE_DATA_DIR=str(settings.data_dir),
+        INKGATE_DATABASE_URL=settings.database_url,
+        INKGATE_CONFIG=str(settings.config_path),
+        INKGATE_HOST=settings.host,
+        INKGATE_PORT=str(settings.port),
+    )
+    os.environ.pop("DATABASE_URL", None)  # INKGATE_DATABASE_URL holds the one in use
+    uvicorn.run("gateway.app:worker_app", factory=True, workers=settings.workers, **options)
     return 0
 
 
@@ -240,6 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_serve.add_argument("--host", help="bind address (default 127.0.0.1, env INKGATE_HOST)")
     p_serve.add_argument("--port", type=int, help="port (default 8000, env INKGATE_PORT)")
     p_serve.add_argument("--data-dir", help="data directory (default ./data, env INKGATE_DATA_DIR)")
+    p_serve.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes on the one port (default 1, env INKGATE_WORKERS)",
+    )
     p_keys = sub.add_parser("keys", help="manage API keys")
     p_keys.add_argument("--data-dir", help="data directory (default ./data)")
     # --data-dir also after the subcommand; SUPPRESS keeps one given before it

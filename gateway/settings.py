@@ -22,6 +22,7 @@ SETTINGS_DOC: dict[str, str] = {
     "INKGATE_MASTER_KEY": "Master API key, accepted on every `/v1` route besides stored keys.",
     "INKGATE_HOST": "Address `inkgate serve` binds. Default `127.0.0.1`.",
     "INKGATE_PORT": "Port `inkgate serve` binds. Default `8000`.",
+    "INKGATE_WORKERS": "Worker processes of `inkgate serve` (`--workers`), on one port. Default 1.",
     "INKGATE_PUBLIC_BASE_URL": "Absolute base of returned URLs, e.g. `https://img.example.com`.",
     "INKGATE_TRUSTED_PROXIES": "Comma-separated IPs/CIDRs whose `X-Forwarded-*` are trusted.",
     "INKGATE_CONFIG": "Path of the provider/model config. Default `<data dir>/inkgate.yaml`.",
@@ -117,6 +118,7 @@ class Settings:
     master_key: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
+    workers: int = 1
     public_base_url: str | None = None
     trusted_proxies: tuple = ()
     config_path: Path | None = None
@@ -164,6 +166,8 @@ class Settings:
             object.__setattr__(self, "config_path", data_dir / "inkgate.yaml")
         if self.public_base_url:
             object.__setattr__(self, "public_base_url", self.public_base_url.rstrip("/"))
+        if self.workers < 1:
+            raise ValueError("INKGATE_WORKERS must be at least 1")
         if self.master_key is not None and len(self.master_key) < 16:
             raise ValueError("INKGATE_MASTER_KEY must be at least 16 characters")
 
@@ -176,6 +180,7 @@ class Settings:
             master_key=env.get("INKGATE_MASTER_KEY") or None,
             host=env.get("INKGATE_HOST") or "127.0.0.1",
             port=_int(env, "INKGATE_PORT", 8000),
+            workers=_int(env, "INKGATE_WORKERS", 1),
             public_base_url=env.get("INKGATE_PUBLIC_BASE_URL") or None,
             trusted_proxies=_networks(env.get("INKGATE_TRUSTED_PROXIES", "")),
             config_path=Path(env["INKGATE_CONFIG"]) if env.get("INKGATE_CONFIG") else None,

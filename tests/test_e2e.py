@@ -96,29 +96,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[Server]
     data_dir = tmp_path_factory.mktemp("e2e") / "data"
     port = _free_port()
     env = _server_env(database_url)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data_dir),
-        ],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        encoding="utf-8",
-    )
-    output: list[str] = []
-    reader = threading.Thread(target=_collect, args=(proc, output), daemon=True)
-    reader.start()
+    proc, output, reader = start_serve(port, data_dir, env)
     base = f"http://127.0.0.1:{port}"
     try:
         key = _wait_until_ready(proc, base, output)
@@ -126,17 +104,40 @@ def server(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[Server]
         assert (data_dir / "inkgate.db").exists() == (database_url is None)
         yield Server(base, key, data_dir, env, output)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        reader.join(timeout=5)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        stop_serve(proc, reader)
         if pg_name:
             _drop_pg_database(pg_name)
+
+
+def start_serve(
+    port: int, data_dir: Path, env: dict[str, str], *extra: str
+) -> tuple[subprocess.Popen, list[str], threading.Thread]:
+    """`inkgate serve` on 127.0.0.1:`port`; its output lines are collected as they come."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1",
+         "--port", str(port), "--data-dir", str(data_dir), *extra],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, encoding="utf-8",
+    )  # fmt: skip
+    output: list[str] = []
+    reader = threading.Thread(target=_collect, args=(proc, output), daemon=True)
+    reader.start()
+    return proc, output, reader
+
+
+def stop_serve(proc: subprocess.Popen, reader: threading.Thread) -> int | None:
+    """SIGTERM, then its exit code (None when it had to be killed)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+        code = None
+    reader.join(timeout=5)
+    if proc.stdout is not None:
+        proc.stdout.close()
+    return code
 
 
 def _collect(proc: subprocess.Popen, output: list[str]) -> None:
