@@ -17,7 +17,8 @@ the connection pool) and replaces only the byte transport under them:
 - "is this idle connection readable" (a server that closed it) is answered from
   what the connection has seen, then one `poll` of its socket;
 - a body asked for whole (`WHOLE_BODY`, set by `providers.http`'s readers) with a
-  declared length is received straight into one buffer of that length (`_HTTP11`).
+  declared length is received straight into one buffer of that length (`_HTTP11`),
+  a buffer not zeroed first (`new_buffer`).
 
 Errors are httpcore's own (`ConnectError`, `ReadTimeout`, ...), so httpx maps them as
 it does for its default backend.
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ctypes
 import select
 import socket
 import ssl
@@ -53,6 +55,30 @@ try:  # h11's reader of a body with a Content-Length, to read such bodies whole
     from h11._readers import ContentLengthReader as _ContentLengthReader
 except ImportError:  # pragma: no cover - another h11: bodies are read through it
     _ContentLengthReader = None
+
+try:  # CPython: a bytearray of uninitialized bytes (see `new_buffer`)
+    _bytearray_of = ctypes.pythonapi.PyByteArray_FromStringAndSize
+    _bytearray_of.restype = ctypes.py_object
+    _bytearray_of.argtypes = [ctypes.c_char_p, ctypes.c_ssize_t]
+except AttributeError:  # pragma: no cover - another Python: zeroed ones
+    _bytearray_of = None
+
+
+def new_buffer(size: int) -> bytearray:
+    """A bytearray of `size` bytes that are not zeroed first: the caller overwrites
+    every one of them before anyone reads it.
+
+    `bytearray(size)` zeroes its bytes while holding the GIL, and on this kind of VM a
+    page the process has not touched before faults at ~2 µs (virtio-balloon free page
+    reporting): zeroing each ~3 MB upstream answer's buffer was over a third of the
+    time the gateway held the GIL in a cold burst of 32 (py-spy --gil,
+    `bench/passthrough.py`), while the other threads waited. Received into directly,
+    the pages fault in the kernel's copy, with the GIL released.
+    """
+    if _bytearray_of is None or size <= 0:
+        return bytearray(size)
+    return _bytearray_of(None, size)
+
 
 # Bytes received and not yet read, per connection, before the socket is paused.
 READ_AHEAD_BYTES = 256 * 1024
@@ -505,7 +531,8 @@ class _HTTP11(httpcore.AsyncHTTP11Connection):
                 yield chunk
             return
         timeout = request.extensions.get("timeout", {}).get("read")
-        body = bytearray(reader._remaining)
+        # every byte is received into it before it is handed out (or the read fails)
+        body = new_buffer(reader._remaining)
         view = memoryview(body)
         filled = 0
         try:

@@ -600,6 +600,47 @@ def test_a_whole_body_cut_short_is_a_protocol_error_and_the_connection_is_not_re
     run_on(loop, main)
 
 
+def test_a_new_buffer_is_a_bytearray_of_the_size_asked_for():
+    for size in (0, 1, 4096, 3_000_001):
+        buf = network.new_buffer(size)
+        assert type(buf) is bytearray and len(buf) == size
+        buf[-1:] = b"x" if size else b""
+    one, two = network.new_buffer(10), network.new_buffer(10)
+    one[:] = b"a" * 10
+    two[:] = b"b" * 10
+    assert one == b"a" * 10 and two == b"b" * 10  # separate objects
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_whole_body_overwrites_every_byte_of_its_buffer(loop, monkeypatch):
+    """The buffer is not zeroed first: whatever it held must never reach the caller,
+    neither on a body that arrives whole nor on one cut short."""
+    made = []
+
+    def dirty(size: int) -> bytearray:
+        buf = bytearray(b"\xaa" * size)  # stands for another answer's leftover bytes
+        made.append(size)
+        return buf
+
+    monkeypatch.setattr(network, "new_buffer", dirty)
+
+    async def main() -> None:
+        server = await Server().start()
+        try:
+            async with client(timeout=10) as http:
+                base = f"http://127.0.0.1:{server.port}"
+                for size in (1, 70_000, 3_000_000):
+                    assert await _chunks(http, f"{base}/big/{size}") == [pattern(size)]
+                assert await _chunks(http, f"{base}/drip/1000000/7/0.01") == [pattern(1_000_000)]
+                with pytest.raises(httpx.RemoteProtocolError):
+                    await _chunks(http, f"{base}/cut/3000000")
+        finally:
+            await server.close()
+
+    run_on(loop, main)
+    assert made == [1, 70_000, 3_000_000, 1_000_000, 3_000_000]
+
+
 @pytest.mark.parametrize("loop", LOOPS)
 def test_a_whole_body_times_out_only_when_nothing_arrives_for_the_read_timeout(loop):
     async def main() -> None:
